@@ -1,0 +1,616 @@
+//! Configuration: the stage *before* the data flow. Owns the serde structs of the
+//! configuration file (every field documented: these doc comments are the configuration
+//! reference, mirrored in `docs/configuration.md`), loading YAML or TOML by extension,
+//! layering `KUBEWIRE__SECTION__FIELD` environment overrides on top, and [`Config::validate`],
+//! which reports every problem at once, each with its path (`resources[2].namespaces[0]`).
+//!
+//! Resolving resource names against a cluster (discovery, "did you mean") is not done here:
+//! this module only checks their syntax, with [`ResourceRef::parse`].
+//!
+//! # Environment overrides
+//!
+//! A variable `KUBEWIRE__A__B__C=value` overrides the field at path `a.b.c`. Segments match
+//! field names case-insensitively and ignoring `_`, so `KUBEWIRE__WATCH__PAGE_SIZE`,
+//! `KUBEWIRE__WATCH__PAGESIZE` and `KUBEWIRE__WATCH__pageSize` all set `watch.pageSize`. A
+//! numeric segment is a list index (`KUBEWIRE__RESOURCES__0__LABEL_SELECTOR`). List fields
+//! (`namespaces`, `events`) take a comma-separated value. The environment is passed in
+//! explicitly ([`Config::load_with_env`]) so tests never touch the process environment.
+
+mod resource_ref;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::ChangeType;
+
+pub use resource_ref::ResourceRef;
+
+/// Prefix of the environment variables that override configuration fields.
+pub const ENV_PREFIX: &str = "KUBEWIRE__";
+
+/// Errors of the configuration stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file name has no extension we know how to parse.
+    #[error("configuration file {} must end in .yaml, .yml or .toml", .0.display())]
+    UnsupportedFormat(PathBuf),
+    /// Syntax errors, unknown fields, wrong types, or failed validation: each with its path.
+    #[error("invalid configuration:\n{}", format_problems(.0))]
+    Invalid(Vec<Problem>),
+    /// A `resource` string that is not one of the accepted forms.
+    #[error("invalid resource {input:?}: {reason}")]
+    InvalidResource { input: String, reason: String },
+}
+
+impl ConfigError {
+    /// Every problem this error stands for, each with a path (empty when it concerns the
+    /// whole file): what `kubewire check-config` prints.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Invalid(p) => p.clone(),
+            other => vec![Problem::new("", other.to_string())],
+        }
+    }
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One thing wrong with a configuration, at a path such as `resources[2].namespaces[0]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: `section.field[index]`, empty for the file as a whole.
+    pub path: String,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// File formats, chosen by extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Toml,
+}
+
+impl Format {
+    /// `.yaml`/`.yml` → YAML, `.toml` → TOML.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "yaml" | "yml" => Some(Format::Yaml),
+            "toml" => Some(Format::Toml),
+            _ => None,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// Clusters to watch. Every resource is watched in every cluster. Default: one cluster
+    /// named `default`, reached the usual way (`KUBECONFIG` or `~/.kube/config`, then the
+    /// in-cluster service account).
+    pub clusters: Vec<ClusterConfig>,
+    /// The resources to watch (at least one).
+    pub resources: Vec<ResourceConfig>,
+    /// Where events go. Default: `stdout`.
+    pub sink: SinkConfig,
+    /// The embedded store of resourceVersions and the uid index.
+    pub checkpoint: CheckpointConfig,
+    /// List-Watch tuning: page size, timeouts, backoff, buffering.
+    pub watch: WatchConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    /// One default cluster, no resources, everything else at its default.
+    fn default() -> Self {
+        Self {
+            clusters: vec![ClusterConfig::default()],
+            resources: Vec::new(),
+            sink: SinkConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+            watch: WatchConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// One Kubernetes cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterConfig {
+    /// Name of the cluster in events (`source: kubewire/<name>`, `k8scluster`) and in event
+    /// ids. Letters, digits, `.`, `_` and `-`; unique.
+    pub name: String,
+    /// Path of a kubeconfig file. Omitted: inferred (`KUBECONFIG`, `~/.kube/config`, then
+    /// in-cluster).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Context of the kubeconfig to use. Omitted: its current context.
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            kubeconfig: None,
+            context: None,
+        }
+    }
+}
+
+/// One resource to watch; becomes one stream per (cluster, namespace).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceConfig {
+    /// Which resource: `configmaps`, `deployments.apps`, `apps/v1/deployments`,
+    /// `Deployment.v1.apps`, `Deployment`, or a custom resource such as
+    /// `widgets.example.com`. Resolved through discovery, never by guessing plurals.
+    pub resource: String,
+    /// Namespaces to watch, one stream each. Empty or omitted: all namespaces (and the only
+    /// choice for cluster-scoped resources).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Label selector, e.g. `app=web,tier!=cache`. Objects that stop matching are published
+    /// as deleted, objects that start matching as added.
+    #[serde(default)]
+    pub label_selector: Option<String>,
+    /// Field selector, e.g. `metadata.name=config`.
+    #[serde(default)]
+    pub field_selector: Option<String>,
+    /// Which change types to publish: a subset of `added`, `modified`, `deleted`. Default:
+    /// all three.
+    #[serde(default = "all_change_types")]
+    pub events: Vec<ChangeType>,
+    /// Publish the initial snapshot as `added` events (origin `initial`) on first start.
+    /// `false`: the snapshot is only indexed, and publishing starts with the next change.
+    #[serde(default = "yes")]
+    pub initial: bool,
+    /// The default transforms applied before publishing.
+    #[serde(default)]
+    pub transform: TransformConfig,
+}
+
+impl ResourceConfig {
+    /// An entry for `resource` with every other field at its default.
+    pub fn new(resource: impl Into<String>) -> Self {
+        Self {
+            resource: resource.into(),
+            namespaces: Vec::new(),
+            label_selector: None,
+            field_selector: None,
+            events: all_change_types(),
+            initial: true,
+            transform: TransformConfig::default(),
+        }
+    }
+}
+
+fn all_change_types() -> Vec<ChangeType> {
+    vec![ChangeType::Added, ChangeType::Modified, ChangeType::Deleted]
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The default transforms. Each can be switched off per resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct TransformConfig {
+    /// Drop `metadata.managedFields` (server-side apply bookkeeping). Default: true.
+    pub strip_managed_fields: bool,
+    /// Drop the `kubectl.kubernetes.io/last-applied-configuration` annotation (a full copy
+    /// of the object as last applied; for Secrets it holds their values). Default: true.
+    pub strip_last_applied: bool,
+    /// For core `secrets`, replace every value of `data` and `stringData` with a keyed hash
+    /// marker that shows a change but not the value. Default: true. **Turning this off
+    /// publishes Secret values.**
+    pub redact_secrets: bool,
+}
+
+impl Default for TransformConfig {
+    fn default() -> Self {
+        Self {
+            strip_managed_fields: true,
+            strip_last_applied: true,
+            redact_secrets: true,
+        }
+    }
+}
+
+/// Where events are published. Selected by `type`.
+///
+/// New sinks are new variants (with their own settings struct when they have many fields);
+/// validation of each variant lives in `validate.rs`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// One JSON event per line on standard output (the default).
+    #[default]
+    Stdout,
+    /// Appends one JSON event per line to a file; an event is acknowledged once written and
+    /// flushed.
+    File {
+        /// The file to append to (created if missing).
+        path: PathBuf,
+    },
+}
+
+impl SinkConfig {
+    /// The `type` name: `stdout`, `file`, ...
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkConfig::Stdout => "stdout",
+            SinkConfig::File { .. } => "file",
+        }
+    }
+}
+
+/// The embedded checkpoint store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct CheckpointConfig {
+    /// The store file, one for all streams; its directory is created. Default:
+    /// `.kubewire/checkpoint.redb` (relative to the working directory). Only one kubewire
+    /// may use it at a time.
+    pub path: PathBuf,
+    /// How often acknowledged progress is committed to the store, in milliseconds (> 0).
+    /// Default: 500. A crash replays at most this much (duplicates, never loss).
+    pub commit_interval_ms: u64,
+    /// File holding the key for the Secret redaction HMAC. Omitted: a random key is
+    /// generated and kept next to the checkpoint store, so markers are stable across
+    /// restarts.
+    pub redaction_key_path: Option<PathBuf>,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from(".kubewire/checkpoint.redb"),
+            commit_interval_ms: 500,
+            redaction_key_path: None,
+        }
+    }
+}
+
+/// List-Watch tuning, for every stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct WatchConfig {
+    /// Objects per page of a paginated list (`limit`). Default: 500.
+    pub page_size: u32,
+    /// Server-side watch timeout (`timeoutSeconds` of the watch request). Default: 290.
+    pub timeout_seconds: u32,
+    /// Client-side liveness: a watch that sends nothing (not even a bookmark) for this long
+    /// is restarted from the last resourceVersion. Must exceed `timeoutSeconds`. Default: 330.
+    pub idle_timeout_seconds: u32,
+    /// Events buffered between a stream's watch loop and the sink; when full, the loop
+    /// stops reading. Default: 1024.
+    pub channel_capacity: usize,
+    /// First retry delay after an error, in milliseconds (doubled per failure, with jitter).
+    /// Default: 800.
+    pub backoff_initial_ms: u64,
+    /// Largest retry delay, in milliseconds. Default: 30000.
+    pub backoff_max_ms: u64,
+    /// A watch healthy for this many seconds resets the backoff. Default: 60.
+    pub healthy_reset_seconds: u64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            page_size: 500,
+            timeout_seconds: 290,
+            idle_timeout_seconds: 330,
+            channel_capacity: 1024,
+            backoff_initial_ms: 800,
+            backoff_max_ms: 30_000,
+            healthy_reset_seconds: 60,
+        }
+    }
+}
+
+/// Logging (to standard error).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogConfig {
+    /// `auto` (text on a terminal, JSON otherwise), `text` or `json`. Default: `auto`.
+    pub format: LogFormat,
+    /// A `tracing` filter: a level (`info`) or directives (`info,kubewire::watch=debug`).
+    /// The `RUST_LOG` variable, when set, wins. Default: `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every camelCase field name: env segments are matched against these (case- and
+/// underscore-insensitively). A test checks the list is complete.
+const CAMEL_CASE_FIELDS: &[&str] = &[
+    "labelSelector",
+    "fieldSelector",
+    "stripManagedFields",
+    "stripLastApplied",
+    "redactSecrets",
+    "commitIntervalMs",
+    "redactionKeyPath",
+    "pageSize",
+    "timeoutSeconds",
+    "idleTimeoutSeconds",
+    "channelCapacity",
+    "backoffInitialMs",
+    "backoffMaxMs",
+    "healthyResetSeconds",
+];
+
+/// Fields whose environment value is a comma-separated list.
+const LIST_FIELDS: &[&str] = &["namespaces", "events"];
+
+impl Config {
+    /// Loads `path` (YAML or TOML by extension) with overrides from the process environment.
+    /// Does not validate: call [`Config::validate`] (or use [`Config::load_valid`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`], then [`Config::validate`]; validation problems become
+    /// [`ConfigError::Invalid`].
+    pub fn load_valid(path: &Path) -> Result<Config, ConfigError> {
+        let config = Self::load(path)?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Loads `path` with overrides from `env` (pairs of variable name and value; those not
+    /// starting with `KUBEWIRE__` are ignored).
+    pub fn load_with_env<I, K, V>(path: &Path, env: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let format =
+            Format::from_path(path).ok_or_else(|| ConfigError::UnsupportedFormat(path.into()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_str_with_env(&text, format, env)
+    }
+
+    /// Parses configuration text with overrides from `env`.
+    pub fn from_str_with_env<I, K, V>(
+        text: &str,
+        format: Format,
+        env: I,
+    ) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let file_format = match format {
+            Format::Yaml => config::FileFormat::Yaml,
+            Format::Toml => config::FileFormat::Toml,
+        };
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(text, file_format).required(false));
+        let mut problems = Vec::new();
+        for (key, value) in env {
+            let key = key.as_ref();
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let (path, is_list) = match env_path(rest) {
+                Ok(p) => p,
+                Err(message) => {
+                    problems.push(Problem::new(
+                        "",
+                        format!("environment variable {key}: {message}"),
+                    ));
+                    continue;
+                }
+            };
+            let value = value.as_ref();
+            // `env_path` only produces valid path expressions, so this cannot fail.
+            builder = if is_list {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                builder.set_override(path.as_str(), items)
+            } else {
+                builder.set_override(path.as_str(), value)
+            }
+            .map_err(|e| ConfigError::Invalid(vec![Problem::new(path, e.to_string())]))?;
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        let loaded = builder
+            .build()
+            .map_err(|e| ConfigError::Invalid(vec![problem_from_config_error(e)]))?;
+        loaded
+            .try_deserialize::<Config>()
+            .map_err(|e| ConfigError::Invalid(vec![problem_from_config_error(e)]))
+    }
+}
+
+/// `WATCH__PAGE_SIZE` → `watch.pageSize`; `RESOURCES__0__EVENTS` → `resources[0].events`
+/// (and whether the leaf is a list field).
+fn env_path(rest: &str) -> Result<(String, bool), String> {
+    let mut path = String::new();
+    let mut leaf = String::new();
+    for segment in rest.split("__") {
+        if segment.is_empty() {
+            return Err("has an empty segment (`____`) or trailing `__`".into());
+        }
+        if segment.bytes().all(|b| b.is_ascii_digit()) {
+            if path.is_empty() {
+                return Err("cannot start with a list index".into());
+            }
+            let index: usize = segment
+                .parse()
+                .map_err(|_| format!("list index {segment} is too large"))?;
+            path.push_str(&format!("[{index}]"));
+            continue;
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "segment {segment:?} must be letters, digits and '_'"
+            ));
+        }
+        let normalized: String = segment
+            .chars()
+            .filter(|c| *c != '_')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        let field = CAMEL_CASE_FIELDS
+            .iter()
+            .find(|f| f.to_ascii_lowercase() == normalized)
+            .map(|f| (*f).to_owned())
+            .unwrap_or(normalized);
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(&field);
+        leaf = field;
+    }
+    let is_list = LIST_FIELDS.contains(&leaf.as_str()) && !path.ends_with(']');
+    Ok((path, is_list))
+}
+
+/// Turns a `config` crate error into a [`Problem`] with the path the crate knows, and the
+/// unknown field's name appended to it for `deny_unknown_fields` errors.
+fn problem_from_config_error(e: config::ConfigError) -> Problem {
+    use config::ConfigError as E;
+    match e {
+        E::At { error, key, .. } => {
+            let inner = problem_from_config_error(*error);
+            let path = join_path(&normalize_path(key.as_deref().unwrap_or("")), &inner.path);
+            Problem::new(path, inner.message)
+        }
+        E::Type {
+            unexpected,
+            expected,
+            key,
+            ..
+        } => Problem::new(
+            normalize_path(&key.unwrap_or_default()),
+            format!("invalid type: {unexpected}, expected {expected}"),
+        ),
+        E::NotFound(key) => Problem::new(normalize_path(&key), "missing"),
+        E::Message(message) => {
+            // serde: "unknown field `x`, expected one of ...", "missing field `x`",
+            // "unknown variant `x`, expected ...".
+            let field = ["unknown field `", "missing field `"]
+                .iter()
+                .find_map(|p| message.strip_prefix(p))
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(name, _)| name.to_owned());
+            let message = match message.split_once(" does not have variant constructor ") {
+                Some((_, value)) => format!("unknown value {value:?}"),
+                None => message.replace('`', ""),
+            };
+            match field {
+                Some(name) => Problem::new(name, message),
+                None => Problem::new("", message),
+            }
+        }
+        E::Foreign(err) => Problem::new("", err.to_string()),
+        other => Problem::new("", other.to_string()),
+    }
+}
+
+/// The `config` crate writes `a[0]b` for `a[0].b`; put the dot back.
+fn normalize_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 4);
+    let mut after_bracket = false;
+    for c in path.chars() {
+        if after_bracket && c != '[' && c != '.' {
+            out.push('.');
+        }
+        after_bracket = c == ']';
+        out.push(c);
+    }
+    out
+}
+
+fn join_path(prefix: &str, rest: &str) -> String {
+    match (prefix.is_empty(), rest.is_empty()) {
+        (true, _) => rest.to_owned(),
+        (_, true) => prefix.to_owned(),
+        _ if rest.starts_with('[') => format!("{prefix}{rest}"),
+        _ => format!("{prefix}.{rest}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
