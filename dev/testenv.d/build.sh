@@ -106,7 +106,8 @@ build_kube() {
 
 build_kafka() {
   local out="$CACHE/kafka-$KAFKA_VERSION"
-  [ -f "$out/.complete" ] && return 0
+  # The slf4j-api check makes caches from before the explicit slf4j 2 pin rebuild themselves.
+  [ -f "$out/.complete" ] && [ -f "$out/libs/slf4j-api-$SLF4J_VERSION.jar" ] && return 0
   command -v mvn >/dev/null || die "mvn not found: Kafka's jars are resolved from Maven Central with Maven"
   log "resolving Apache Kafka $KAFKA_VERSION jars (Maven Central)"
   local src="$CACHE/src/kafka-$KAFKA_VERSION" tmp="$out.tmp.$$"
@@ -123,6 +124,8 @@ build_kafka() {
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <!-- kafka_2.13 pulls slf4j-api 1.7, which cannot see the slf4j2 binding: pin the 2.x API. -->
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$SLF4J_VERSION</version></dependency>
   </dependencies>
 </project>
 POM
