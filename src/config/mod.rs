@@ -312,6 +312,20 @@ impl Default for CheckpointConfig {
     }
 }
 
+impl CheckpointConfig {
+    /// The redaction key file: `redactionKeyPath`, or `redaction.key` beside the store.
+    pub fn redaction_key_file(&self) -> PathBuf {
+        match &self.redaction_key_path {
+            Some(p) => p.clone(),
+            None => self
+                .path
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join("redaction.key"),
+        }
+    }
+}
+
 /// List-Watch tuning, for every stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]

@@ -384,3 +384,11 @@ fn config_error_display_lists_problems() {
         "invalid configuration:\n  a.b: bad\n  whole file"
     );
 }
+
+#[test]
+fn redaction_key_file_defaults_beside_the_store() {
+    let mut c = CheckpointConfig::default();
+    assert_eq!(c.redaction_key_file(), Path::new(".kubewire/redaction.key"));
+    c.redaction_key_path = Some("/etc/k".into());
+    assert_eq!(c.redaction_key_file(), Path::new("/etc/k"));
+}
