@@ -20,3 +20,11 @@
 #![forbid(unsafe_code)]
 
 pub mod event;
+pub mod app;
+pub mod checkpoint;
+pub mod cluster;
+pub mod config;
+pub mod envelope;
+pub mod sink;
+pub mod transform;
+pub mod watch;

@@ -1,0 +1,243 @@
+//! Wires the stages together: per cluster a client and a discovery catalog, per stream a
+//! watch loop and a publisher joined by a bounded channel; and the shutdown: stop watching,
+//! drain in-flight events within a grace period, commit the checkpoints.
+
+mod publish;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::checkpoint::{CheckpointError, Store};
+use crate::cluster::{self, Catalog, ClusterError};
+use crate::config::{ClusterConfig, Config, ResourceConfig, ResourceRef};
+use crate::event::{ResourceInfo, StreamId};
+use crate::sink::{self, Sink, SinkError};
+use crate::transform::{TransformError, Transformer};
+use crate::watch::{StreamHealth, StreamSpec, WatchLoop};
+
+use publish::Publisher;
+
+/// How long a shutdown may spend draining in-flight events before it gives up (the
+/// checkpoint stays consistent either way: what was not acknowledged is replayed).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Sends a stream may have outstanding at the sink before it waits for acknowledgements.
+const MAX_IN_FLIGHT: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Transform(#[from] TransformError),
+    #[error("redaction key {}: {source}", path.display())]
+    RedactionKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The clusters to watch: the configured ones, or the one inferred the usual way.
+pub fn clusters(config: &Config) -> Vec<ClusterConfig> {
+    if config.clusters.is_empty() {
+        vec![ClusterConfig::default()]
+    } else {
+        config.clusters.clone()
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then drains and returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    let store = Arc::new(Store::open(&config.checkpoint.path)?);
+    let key = redaction_key(&config)?;
+    let sink: Arc<dyn Sink> = Arc::from(sink::build(&config.sink).await?);
+    let config = Arc::new(config);
+    let watching = CancellationToken::new();
+    let publishers = TaskTracker::new();
+    let ctx = Arc::new(Context {
+        config: config.clone(),
+        store,
+        sink,
+        redaction_key: key,
+        watching: watching.clone(),
+        publishers: publishers.clone(),
+    });
+    let mut starters = Vec::new();
+    for cluster in clusters(&config) {
+        starters.push(tokio::spawn(ctx.clone().start_cluster(cluster)));
+    }
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining in-flight events");
+    watching.cancel();
+    for s in starters {
+        let _ = s.await;
+    }
+    drop(ctx);
+    publishers.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, publishers.wait()).await.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "drain did not finish in time; unacknowledged events will be replayed");
+    } else {
+        tracing::info!("drained; checkpoints committed");
+    }
+    Ok(())
+}
+
+struct Context {
+    config: Arc<Config>,
+    store: Arc<Store>,
+    sink: Arc<dyn Sink>,
+    redaction_key: Vec<u8>,
+    watching: CancellationToken,
+    publishers: TaskTracker,
+}
+
+impl Context {
+    /// Connects and discovers (retrying with backoff while the cluster is unreachable),
+    /// then starts every stream of this cluster.
+    async fn start_cluster(self: Arc<Self>, cluster: ClusterConfig) {
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.config.watch.backoff_initial_ms))
+            .with_max_delay(Duration::from_millis(self.config.watch.backoff_max_ms))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let (client, catalog) = loop {
+            let attempt = async {
+                let client = cluster::connect(&cluster).await?;
+                let catalog = Catalog::discover(&cluster.name, &client).await?;
+                Ok::<_, ClusterError>((client, catalog))
+            };
+            let res = tokio::select! {
+                _ = self.watching.cancelled() => return,
+                r = attempt => r,
+            };
+            match res {
+                Ok(ok) => break ok,
+                Err(e) => {
+                    tracing::error!(cluster = %cluster.name, error = %e, "cluster unavailable; retrying");
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    tokio::select! {
+                        _ = self.watching.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        };
+        for (i, rc) in self.config.resources.iter().enumerate() {
+            let info = match resolve(&catalog, rc) {
+                Ok(info) => info,
+                Err(e) => {
+                    // One bad resource does not stop the others.
+                    tracing::error!(cluster = %cluster.name, resource = %rc.resource, path = %format!("resources[{i}].resource"), error = %e, "resource not watched");
+                    continue;
+                }
+            };
+            let namespaces: Vec<Option<String>> = if rc.namespaces.is_empty() || !info.namespaced {
+                if !rc.namespaces.is_empty() {
+                    tracing::warn!(resource = %rc.resource, "cluster-scoped resource: namespaces ignored");
+                }
+                vec![None]
+            } else {
+                rc.namespaces.iter().cloned().map(Some).collect()
+            };
+            for ns in namespaces {
+                let id = StreamId {
+                    cluster: cluster.name.clone(),
+                    resource: info.clone(),
+                    namespace: ns,
+                    label_selector: rc.label_selector.clone(),
+                    field_selector: rc.field_selector.clone(),
+                };
+                if let Err(e) = self.start_stream(client.clone(), id, rc).await {
+                    tracing::error!(cluster = %cluster.name, resource = %rc.resource, error = %e, "stream not started");
+                }
+            }
+        }
+    }
+
+    async fn start_stream(
+        &self,
+        client: kube::Client,
+        id: StreamId,
+        rc: &ResourceConfig,
+    ) -> Result<(), AppError> {
+        let id = Arc::new(id);
+        let key = id.key();
+        let store = self.store.clone();
+        let checkpoint = tokio::task::spawn_blocking(move || store.load(&key))
+            .await
+            .expect("checkpoint load task")?;
+        let spec = StreamSpec {
+            id: id.clone(),
+            events: rc.events.clone(),
+            initial: rc.initial,
+        };
+        let transformer = Arc::new(Transformer::new(&rc.transform, self.redaction_key.clone())?);
+        let (tx, rx) = mpsc::channel(self.config.watch.channel_capacity);
+        let health = Arc::new(StreamHealth::default());
+        let watch = WatchLoop::new(
+            client,
+            spec.clone(),
+            self.config.watch.clone(),
+            checkpoint.resource_version,
+            checkpoint.index,
+            tx,
+            health,
+        );
+        let publisher = Publisher {
+            spec,
+            sink: self.sink.clone(),
+            transformer,
+            store: self.store.clone(),
+            commit_interval: Duration::from_millis(self.config.checkpoint.commit_interval_ms),
+            max_in_flight: MAX_IN_FLIGHT,
+        };
+        self.publishers.spawn(publisher.run(rx));
+        tokio::spawn(watch.run(self.watching.clone()));
+        tracing::info!(stream = %id, "stream started");
+        Ok(())
+    }
+}
+
+fn resolve(catalog: &Catalog, rc: &ResourceConfig) -> Result<ResourceInfo, String> {
+    let r = ResourceRef::parse(&rc.resource).map_err(|e| e.to_string())?;
+    catalog.resolve(&r).map_err(|e| e.to_string())
+}
+
+/// The key of the Secret-redaction HMAC: stable across restarts (a replayed event must carry
+/// the same markers), so it is created once and kept beside the checkpoint.
+fn redaction_key(config: &Config) -> Result<Vec<u8>, AppError> {
+    let path = config.checkpoint.redaction_key_path.clone().unwrap_or_else(|| {
+        config
+            .checkpoint
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("redaction.key")
+    });
+    let err = |source| AppError::RedactionKey {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read(&path) {
+        Ok(k) if !k.is_empty() => Ok(k),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(e)),
+        _ => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(err)?;
+            }
+            let key: [u8; 32] = rand::random();
+            std::fs::write(&path, key).map_err(err)?;
+            Ok(key.to_vec())
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The publishing half of a stream: transform → envelope → sink, keeping many sends in
+//! flight, and moving the checkpoint only behind the in-order acknowledgement watermark
+//! (invariant 2). Commits to the store are batched on a timer and at the end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use tokio::sync::mpsc;
+
+use crate::checkpoint::{CommitBatch, IndexEntry, Store};
+use crate::envelope;
+use crate::event::{ChangeType, Event};
+use crate::sink::{Sink, SinkError};
+use crate::transform::Transformer;
+use crate::watch::{Item, StreamSpec};
+
+/// What an acknowledged item does to the checkpoint.
+#[derive(Default)]
+struct Effect {
+    /// uid → Some(entry) to index, None to forget.
+    index: Option<(String, Option<IndexEntry>)>,
+    advance: Option<String>,
+}
+
+pub struct Publisher {
+    pub spec: StreamSpec,
+    pub sink: Arc<dyn Sink>,
+    pub transformer: Arc<Transformer>,
+    pub store: Arc<Store>,
+    pub commit_interval: Duration,
+    pub max_in_flight: usize,
+}
+
+/// Checkpoint changes acknowledged but not yet committed.
+#[derive(Default)]
+struct Pending {
+    index: HashMap<String, Option<IndexEntry>>,
+    resource_version: Option<String>,
+}
+
+impl Pending {
+    fn apply(&mut self, e: Effect) {
+        if let Some((uid, entry)) = e.index {
+            self.index.insert(uid, entry);
+        }
+        if let Some(rv) = e.advance {
+            self.resource_version = Some(rv);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.index.is_empty() && self.resource_version.is_none()
+    }
+
+    fn take_batch(&mut self) -> CommitBatch {
+        let mut batch = CommitBatch {
+            resource_version: self.resource_version.take(),
+            ..Default::default()
+        };
+        for (uid, entry) in self.index.drain() {
+            match entry {
+                Some(e) => batch.upserts.push((uid, e)),
+                None => batch.removals.push(uid),
+            }
+        }
+        batch
+    }
+}
+
+impl Publisher {
+    /// Runs until the watch side closes the channel and every in-flight event is acknowledged.
+    pub async fn run(self, mut rx: mpsc::Receiver<Item>) {
+        let stream_key = self.spec.id.key();
+        let mut in_flight: FuturesOrdered<BoxFuture<'static, Effect>> = FuturesOrdered::new();
+        let mut pending = Pending::default();
+        let mut tick = tokio::time::interval(self.commit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                Some(effect) = in_flight.next(), if !in_flight.is_empty() => pending.apply(effect),
+                item = rx.recv(), if open && in_flight.len() < self.max_in_flight => match item {
+                    Some(item) => match self.start(item).await {
+                        Some(f) => in_flight.push_back(f),
+                        None => break,
+                    },
+                    None => open = false,
+                },
+                _ = tick.tick() => self.commit(&stream_key, &mut pending).await,
+            }
+            if !open && in_flight.is_empty() {
+                break;
+            }
+        }
+        self.commit(&stream_key, &mut pending).await;
+    }
+
+    /// Starts one item: returns the future of its effect on the checkpoint, resolved at ack.
+    /// `None` when the sink is closed (shutdown).
+    async fn start(&self, item: Item) -> Option<BoxFuture<'static, Effect>> {
+        let (mut event, publish, advance) = match item {
+            Item::Advance(rv) => {
+                let effect = Effect { index: None, advance: Some(rv) };
+                return Some(Box::pin(futures::future::ready(effect)));
+            }
+            Item::Event { event, publish, advance } => (event, publish, advance),
+        };
+        let index = match event.as_ref() {
+            Event::Object(c) => Some(match c.change {
+                ChangeType::Deleted => (c.object.uid.clone(), None),
+                _ => (
+                    c.object.uid.clone(),
+                    Some(IndexEntry {
+                        api_version: c.stream.resource.api_version(),
+                        kind: c.stream.resource.kind.clone(),
+                        namespace: c.object.namespace.clone(),
+                        name: c.object.name.clone(),
+                        resource_version: c.object.resource_version.clone(),
+                    }),
+                ),
+            }),
+            Event::Relisted(_) => None,
+        };
+        let effect = Effect { index, advance };
+        if !publish {
+            return Some(Box::pin(futures::future::ready(effect)));
+        }
+        if let Event::Object(c) = event.as_mut() {
+            self.transformer.apply(&c.stream.resource, &mut c.data);
+        }
+        let encoded = match envelope::encode(&event) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(stream = %self.spec.id, id = %event.id(), error = %e, "cannot encode event; skipping it");
+                return Some(Box::pin(futures::future::ready(effect)));
+            }
+        };
+        let id = encoded.id.clone();
+        let ack = match self.sink.send(encoded).await {
+            Ok(ack) => ack,
+            Err(SinkError::Closed) => return None,
+            Err(e) => {
+                tracing::error!(stream = %self.spec.id, %id, error = %e, "sink refused event");
+                return Some(Box::pin(futures::future::ready(effect)));
+            }
+        };
+        let stream = self.spec.id.to_string();
+        Some(Box::pin(async move {
+            if let Err(e) = ack.await {
+                // A permanent rejection of this one event (e.g. too large): name it loudly;
+                // the stream goes on.
+                tracing::error!(%stream, %id, error = %e, "event not delivered");
+            }
+            effect
+        }))
+    }
+
+    async fn commit(&self, stream_key: &str, pending: &mut Pending) {
+        if pending.is_empty() {
+            return;
+        }
+        let batch = pending.take_batch();
+        let store = self.store.clone();
+        let key = stream_key.to_owned();
+        let res = tokio::task::spawn_blocking(move || {
+            let r = store.commit(&key, &batch);
+            (batch, r)
+        })
+        .await;
+        let (batch, error) = match res {
+            Ok((_, Ok(()))) => return,
+            Ok((batch, Err(e))) => (batch, e.to_string()),
+            Err(e) => {
+                tracing::error!(stream = %self.spec.id, error = %e, "checkpoint commit panicked");
+                return;
+            }
+        };
+        // Keep what failed for the next attempt; newer pending changes win over it.
+        tracing::error!(stream = %self.spec.id, %error, "checkpoint commit failed; will retry");
+        for (uid, e) in batch.upserts {
+            pending.index.entry(uid).or_insert(Some(e));
+        }
+        for uid in batch.removals {
+            pending.index.entry(uid).or_insert(None);
+        }
+        if pending.resource_version.is_none() {
+            pending.resource_version = batch.resource_version;
+        }
+    }
+}

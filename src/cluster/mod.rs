@@ -1,0 +1,354 @@
+//! The cluster stage: one `kube::Client` per configured cluster, and the resolution of the
+//! configured resource names through discovery (never by guessing plurals).
+
+use std::fmt;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope, verbs};
+
+use crate::config::{ClusterConfig, ResourceRef};
+use crate::event::ResourceInfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster {cluster:?}: cannot read kubeconfig: {source}")]
+    Kubeconfig {
+        cluster: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cluster {cluster:?}: no usable configuration (KUBECONFIG, ~/.kube/config or in-cluster): {source}")]
+    Infer {
+        cluster: String,
+        #[source]
+        source: kube::config::InferConfigError,
+    },
+    #[error("cluster {cluster:?}: cannot build a client: {source}")]
+    Client {
+        cluster: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cluster {cluster:?}: discovery failed: {source}")]
+    Discovery {
+        cluster: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("unknown resource {name:?}{}", did_you_mean(.suggestion))]
+    Unknown {
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error("resource {name:?} is ambiguous: it matches {}; qualify it with its group", .candidates.join(", "))]
+    Ambiguous {
+        name: String,
+        candidates: Vec<String>,
+    },
+    #[error("resource {name:?} ({resolved}) cannot be listed and watched (verbs: {verbs})")]
+    NotWatchable {
+        name: String,
+        resolved: String,
+        verbs: String,
+    },
+}
+
+fn did_you_mean(s: &Option<String>) -> String {
+    match s {
+        Some(s) => format!(" (did you mean {s}?)"),
+        None => String::new(),
+    }
+}
+
+/// Builds the client for one configured cluster: its kubeconfig (and context) when given,
+/// else the usual inference (KUBECONFIG / ~/.kube/config, then in-cluster).
+pub async fn connect(cfg: &ClusterConfig) -> Result<kube::Client, ClusterError> {
+    let options = KubeConfigOptions {
+        context: cfg.context.clone(),
+        ..Default::default()
+    };
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig {
+                cluster: cfg.name.clone(),
+                source,
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .map_err(|source| ClusterError::Kubeconfig {
+                    cluster: cfg.name.clone(),
+                    source,
+                })?
+        }
+        None if cfg.context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|source| ClusterError::Kubeconfig {
+                cluster: cfg.name.clone(),
+                source,
+            })?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|source| ClusterError::Infer {
+                cluster: cfg.name.clone(),
+                source,
+            })?,
+    };
+    kube::Client::try_from(config).map_err(|source| ClusterError::Client {
+        cluster: cfg.name.clone(),
+        source,
+    })
+}
+
+/// One resource the cluster serves, as discovery reported it.
+#[derive(Clone, Debug)]
+pub struct CatalogEntry {
+    pub info: ResourceInfo,
+    pub verbs: Vec<String>,
+    /// Served at its group's preferred version.
+    pub preferred: bool,
+}
+
+impl CatalogEntry {
+    pub fn watchable(&self) -> bool {
+        self.verbs.iter().any(|v| v == verbs::LIST) && self.verbs.iter().any(|v| v == verbs::WATCH)
+    }
+}
+
+impl fmt::Display for CatalogEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.info.qualified_name(), self.info.api_version())
+    }
+}
+
+/// Everything a cluster serves, every version of every group: what names resolve against.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    entries: Vec<CatalogEntry>,
+}
+
+impl Catalog {
+    pub async fn discover(cluster: &str, client: &kube::Client) -> Result<Self, ClusterError> {
+        let discovery = Discovery::new(client.clone())
+            .run()
+            .await
+            .map_err(|source| ClusterError::Discovery {
+                cluster: cluster.to_owned(),
+                source,
+            })?;
+        let mut entries = Vec::new();
+        for group in discovery.groups() {
+            let preferred = group.preferred_version_or_latest().to_owned();
+            for version in group.versions() {
+                for (ar, caps) in group.versioned_resources(version) {
+                    entries.push(entry(ar, caps, version == preferred));
+                }
+            }
+        }
+        Ok(Self::from_entries(entries))
+    }
+
+    pub fn from_entries(mut entries: Vec<CatalogEntry>) -> Self {
+        entries.sort_by(|a, b| {
+            (&a.info.group, &a.info.resource, &a.info.version).cmp(&(
+                &b.info.group,
+                &b.info.resource,
+                &b.info.version,
+            ))
+        });
+        Self { entries }
+    }
+
+    pub fn entries(&self) -> &[CatalogEntry] {
+        &self.entries
+    }
+
+    /// Resolves a configured name (plural, kind or singular, optionally with group and
+    /// version) to exactly one listable and watchable resource.
+    pub fn resolve(&self, r: &ResourceRef) -> Result<ResourceInfo, ClusterError> {
+        let given = display_ref(r);
+        let name = r.name.to_ascii_lowercase();
+        let matches_name = |e: &&CatalogEntry| {
+            e.info.resource == name || e.info.kind.to_ascii_lowercase() == name
+        };
+        let mut found: Vec<&CatalogEntry> = self
+            .entries
+            .iter()
+            .filter(matches_name)
+            .filter(|e| r.group.as_ref().is_none_or(|g| &e.info.group == g))
+            .filter(|e| match &r.version {
+                Some(v) => &e.info.version == v,
+                None => e.preferred,
+            })
+            .collect();
+        if found.is_empty() {
+            return Err(ClusterError::Unknown {
+                suggestion: self.suggest(&given),
+                name: given,
+            });
+        }
+        // The core group wins an unqualified name, as kubectl does (`events`).
+        if r.group.is_none() && found.len() > 1 && found.iter().any(|e| e.info.group.is_empty()) {
+            found.retain(|e| e.info.group.is_empty());
+        }
+        if found.len() > 1 {
+            return Err(ClusterError::Ambiguous {
+                name: given,
+                candidates: found.iter().map(|e| e.to_string()).collect(),
+            });
+        }
+        let e = found[0];
+        if !e.watchable() {
+            return Err(ClusterError::NotWatchable {
+                name: given,
+                resolved: e.to_string(),
+                verbs: e.verbs.join(","),
+            });
+        }
+        Ok(e.info.clone())
+    }
+
+    fn suggest(&self, given: &str) -> Option<String> {
+        let given = given.to_ascii_lowercase();
+        self.entries
+            .iter()
+            .filter(|e| e.preferred && e.watchable())
+            .flat_map(|e| {
+                let q = e.info.qualified_name();
+                [
+                    (strsim::levenshtein(&given, &q), q.clone()),
+                    (strsim::levenshtein(&given, &e.info.resource), q),
+                ]
+            })
+            .filter(|(d, _)| *d <= 3)
+            .min()
+            .map(|(_, q)| q)
+    }
+}
+
+fn entry(ar: ApiResource, caps: ApiCapabilities, preferred: bool) -> CatalogEntry {
+    CatalogEntry {
+        info: ResourceInfo {
+            group: ar.group,
+            version: ar.version,
+            resource: ar.plural,
+            kind: ar.kind,
+            namespaced: caps.scope == Scope::Namespaced,
+        },
+        verbs: caps.operations,
+        preferred,
+    }
+}
+
+fn display_ref(r: &ResourceRef) -> String {
+    let mut s = r.name.clone();
+    if let Some(v) = &r.version {
+        s = format!("{v}/{s}");
+    }
+    if let Some(g) = r.group.as_ref().filter(|g| !g.is_empty()) {
+        if r.version.is_some() {
+            s = format!("{g}/{s}");
+        } else {
+            s = format!("{s}.{g}");
+        }
+    }
+    s
+}
+
+/// The `ApiResource` kube's request builders want.
+pub fn api_resource(info: &ResourceInfo) -> ApiResource {
+    ApiResource {
+        group: info.group.clone(),
+        version: info.version.clone(),
+        api_version: info.api_version(),
+        kind: info.kind.clone(),
+        plural: info.resource.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(group: &str, version: &str, resource: &str, kind: &str, preferred: bool) -> CatalogEntry {
+        CatalogEntry {
+            info: ResourceInfo {
+                group: group.into(),
+                version: version.into(),
+                resource: resource.into(),
+                kind: kind.into(),
+                namespaced: true,
+            },
+            verbs: vec!["list".into(), "watch".into(), "get".into()],
+            preferred,
+        }
+    }
+
+    fn catalog() -> Catalog {
+        let mut tokenreviews = e("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", true);
+        tokenreviews.verbs = vec!["create".into()];
+        Catalog::from_entries(vec![
+            e("", "v1", "configmaps", "ConfigMap", true),
+            e("", "v1", "events", "Event", true),
+            e("events.k8s.io", "v1", "events", "Event", true),
+            e("apps", "v1", "deployments", "Deployment", true),
+            e("example.com", "v1", "widgets", "Widget", true),
+            e("example.com", "v1beta1", "widgets", "Widget", false),
+            tokenreviews,
+        ])
+    }
+
+    fn r(name: &str, group: Option<&str>, version: Option<&str>) -> ResourceRef {
+        ResourceRef {
+            name: name.into(),
+            group: group.map(Into::into),
+            version: version.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn resolves_plural_kind_and_singular_forms() {
+        let c = catalog();
+        for rr in [
+            r("configmaps", None, None),
+            r("ConfigMap", None, None),
+            r("configmap", None, None),
+            r("configmaps", Some(""), Some("v1")),
+        ] {
+            assert_eq!(c.resolve(&rr).unwrap().resource, "configmaps", "{rr:?}");
+        }
+        let d = c.resolve(&r("Deployment", Some("apps"), Some("v1"))).unwrap();
+        assert_eq!((d.group.as_str(), d.kind.as_str()), ("apps", "Deployment"));
+    }
+
+    #[test]
+    fn unqualified_name_prefers_preferred_version_and_core_group() {
+        let c = catalog();
+        assert_eq!(c.resolve(&r("widgets", None, None)).unwrap().version, "v1");
+        assert_eq!(
+            c.resolve(&r("widgets", Some("example.com"), Some("v1beta1"))).unwrap().version,
+            "v1beta1"
+        );
+        assert_eq!(c.resolve(&r("events", None, None)).unwrap().group, "");
+        assert_eq!(
+            c.resolve(&r("events", Some("events.k8s.io"), None)).unwrap().group,
+            "events.k8s.io"
+        );
+    }
+
+    #[test]
+    fn unknown_resource_suggests_the_closest_name() {
+        let err = catalog().resolve(&r("deploymnts", None, None)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"unknown resource "deploymnts" (did you mean deployments.apps?)"#
+        );
+        let err = catalog().resolve(&r("zzzzzzzzzz", None, None)).unwrap_err();
+        assert_eq!(err.to_string(), r#"unknown resource "zzzzzzzzzz""#);
+    }
+
+    #[test]
+    fn resource_without_list_and_watch_is_refused() {
+        let err = catalog().resolve(&r("tokenreviews", None, None)).unwrap_err();
+        assert!(matches!(err, ClusterError::NotWatchable { .. }), "{err}");
+    }
+}

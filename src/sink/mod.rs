@@ -1,0 +1,52 @@
+//! The sink stage: where encoded events leave kubewire, and where their acknowledgements come
+//! from. Every sink implements [`Sink`]: `send` waits while the sink's buffer is full (that is
+//! the backpressure reaching the watch loop) and returns an [`Ack`] future that resolves once
+//! the event is durably accepted downstream. Only then may the checkpoint move past it.
+
+mod lines;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+pub use lines::LinesSink;
+
+use crate::config::SinkConfig;
+use crate::envelope::Encoded;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot open sink file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sink is closed")]
+    Closed,
+    /// This one event can never be delivered (e.g. too large); others are unaffected.
+    #[error("event {id} rejected by the sink: {reason}")]
+    Rejected { id: String, reason: String },
+}
+
+/// Resolves when the sink has acknowledged one event.
+pub type Ack = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Ack, SinkError>> + Send + 'a>>;
+
+/// The sink contract shared by stdout, file, Kafka and NATS.
+pub trait Sink: Send + Sync {
+    /// Hands one event to the sink. Waits while the sink is full; never drops.
+    fn send(&self, msg: Encoded) -> SendFuture<'_>;
+
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// Builds the configured sink.
+pub async fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
+    Ok(match cfg {
+        SinkConfig::Stdout => Box::new(LinesSink::stdout()),
+        SinkConfig::File { path } => Box::new(LinesSink::file(path).await?),
+    })
+}

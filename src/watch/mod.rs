@@ -1,0 +1,507 @@
+//! The watch stage: one List-Watch state machine per stream. It resumes from the stored
+//! resourceVersion (no LIST), lists with pagination only without a checkpoint or after
+//! 410 Gone, diffs every list against the index of what it already sent (the reconciling
+//! relist, invariant 5), restarts silent watches, and backs off on errors without ever
+//! ending. Its output is an ordered sequence of [`Item`]s on a bounded channel.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use futures::TryStreamExt;
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::Resource;
+use kube::core::{DynamicObject, Request};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::IndexEntry;
+use crate::cluster::api_resource;
+use crate::config::WatchConfig;
+use crate::event::{
+    Change, ChangeType, Event, EventError, ObjectRef, Origin, RelistMarker, StreamId, TraceContext,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The requested resourceVersion is compacted away: relist and reconcile.
+    #[error("resourceVersion too old (410 Gone)")]
+    Gone,
+    #[error("{verb} {stream}: {reason} (HTTP {code}): {message}")]
+    Api {
+        verb: &'static str,
+        stream: String,
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("{verb} {stream}: {source}")]
+    Transport {
+        verb: &'static str,
+        stream: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{stream}: bad object from the API server: {source}")]
+    BadObject {
+        stream: String,
+        #[source]
+        source: EventError,
+    },
+    #[error("cannot build request: {0}")]
+    Request(#[from] kube::core::request::Error),
+    /// The pipeline behind us is gone (shutdown).
+    #[error("pipeline closed")]
+    Closed,
+}
+
+/// What the loop hands to the publishing side, in order.
+#[derive(Debug)]
+pub enum Item {
+    /// A change. `publish: false` when the stream filters that type out (or `initial: false`
+    /// suppresses the snapshot): it still moves the index. `advance` is the resourceVersion
+    /// the checkpoint may take once this item and all before it are acknowledged.
+    Event {
+        event: Box<Event>,
+        publish: bool,
+        advance: Option<String>,
+    },
+    /// A bookmark or the end of a list: the checkpoint may move here once all before it are acked.
+    Advance(String),
+}
+
+/// What one stream is, and how it behaves.
+#[derive(Clone, Debug)]
+pub struct StreamSpec {
+    pub id: Arc<StreamId>,
+    pub events: Vec<ChangeType>,
+    pub initial: bool,
+}
+
+/// Readiness and last error of one stream, shared with whoever reports health.
+#[derive(Debug, Default)]
+pub struct StreamHealth {
+    inner: Mutex<HealthState>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct HealthState {
+    /// The first list or resume has completed.
+    pub synced: bool,
+    pub error: Option<String>,
+    pub lists: u64,
+    pub watches: u64,
+}
+
+impl StreamHealth {
+    pub fn snapshot(&self) -> HealthState {
+        self.inner.lock().expect("health lock").clone()
+    }
+    fn update(&self, f: impl FnOnce(&mut HealthState)) {
+        f(&mut self.inner.lock().expect("health lock"))
+    }
+}
+
+#[derive(Deserialize)]
+struct RawList {
+    metadata: kube::core::ListMeta,
+    items: Vec<Value>,
+}
+
+enum Step {
+    List,
+    Watch,
+}
+
+pub struct WatchLoop {
+    client: kube::Client,
+    spec: StreamSpec,
+    settings: WatchConfig,
+    url_path: String,
+    tx: mpsc::Sender<Item>,
+    /// uid → what we last sent downstream for that object.
+    index: HashMap<String, IndexEntry>,
+    /// The version the stream is complete up to, as far as sent items go.
+    resource_version: Option<String>,
+    /// Whether a checkpoint existed: a list is then a relist, with a marker.
+    had_checkpoint: bool,
+    health: Arc<StreamHealth>,
+}
+
+impl WatchLoop {
+    pub fn new(
+        client: kube::Client,
+        spec: StreamSpec,
+        settings: WatchConfig,
+        resource_version: Option<String>,
+        index: HashMap<String, IndexEntry>,
+        tx: mpsc::Sender<Item>,
+        health: Arc<StreamHealth>,
+    ) -> Self {
+        let ar = api_resource(&spec.id.resource);
+        let url_path = DynamicObject::url_path(&ar, spec.id.namespace.as_deref());
+        Self {
+            client,
+            had_checkpoint: resource_version.is_some(),
+            spec,
+            settings,
+            url_path,
+            tx,
+            index,
+            resource_version,
+            health,
+        }
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.settings.backoff_initial_ms))
+            .with_max_delay(Duration::from_millis(self.settings.backoff_max_ms))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// Runs until cancelled or until the pipeline closes. Errors never end it.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let stream = self.spec.id.to_string();
+        let mut step = if self.resource_version.is_some() {
+            tracing::info!(%stream, resource_version = ?self.resource_version, "resuming from checkpoint");
+            Step::Watch
+        } else {
+            Step::List
+        };
+        let mut backoff = self.backoff();
+        let mut last_error: Option<String> = None;
+        let mut healthy_since = Instant::now();
+        let healthy_reset = Duration::from_secs(self.settings.healthy_reset_seconds);
+        loop {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.step(&step) => r,
+            };
+            match result {
+                Ok(next) => {
+                    if let Some(e) = last_error.take() {
+                        tracing::info!(%stream, previous_error = %e, "stream recovered");
+                    }
+                    self.health.update(|h| {
+                        h.synced = true;
+                        h.error = None;
+                    });
+                    if healthy_since.elapsed() >= healthy_reset {
+                        backoff = self.backoff();
+                    }
+                    step = next;
+                }
+                Err(WatchError::Gone) => {
+                    tracing::info!(%stream, resource_version = ?self.resource_version, "410 Gone: relisting");
+                    step = Step::List;
+                }
+                Err(WatchError::Closed) => return,
+                Err(e) => {
+                    let msg = e.to_string();
+                    // Log once per change of state, not once per retry.
+                    if last_error.as_deref() != Some(msg.as_str()) {
+                        tracing::error!(%stream, error = %msg, "stream failing; retrying with backoff");
+                        last_error = Some(msg.clone());
+                    }
+                    self.health.update(|h| h.error = Some(msg));
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    healthy_since = Instant::now() + delay;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn step(&mut self, step: &Step) -> Result<Step, WatchError> {
+        match step {
+            Step::List => self.list().await,
+            Step::Watch => self.watch().await,
+        }
+    }
+
+    fn api_error(&self, verb: &'static str, e: kube::Error) -> WatchError {
+        match e {
+            kube::Error::Api(s) if s.code == 410 => WatchError::Gone,
+            kube::Error::Api(s) => WatchError::Api {
+                verb,
+                stream: self.describe(),
+                code: s.code,
+                reason: s.reason.clone(),
+                message: s.message.clone(),
+            },
+            source => WatchError::Transport {
+                verb,
+                stream: self.describe(),
+                source,
+            },
+        }
+    }
+
+    /// `configmaps in namespace "x"`: the resource named in every error.
+    fn describe(&self) -> String {
+        let r = self.spec.id.resource.qualified_name();
+        match &self.spec.id.namespace {
+            Some(ns) => format!("{r} in namespace {ns:?}"),
+            None => r,
+        }
+    }
+
+    async fn send(&self, item: Item) -> Result<(), WatchError> {
+        self.tx.send(item).await.map_err(|_| WatchError::Closed)
+    }
+
+    fn list_params(&self) -> ListParams {
+        let mut lp = ListParams::default().limit(self.settings.page_size);
+        if let Some(l) = &self.spec.id.label_selector {
+            lp = lp.labels(l);
+        }
+        if let Some(f) = &self.spec.id.field_selector {
+            lp = lp.fields(f);
+        }
+        lp
+    }
+
+    /// A paginated list, diffed against the index. Without a checkpoint the changes stream
+    /// out page by page (origin `initial`); a relist collects its changes first so that its
+    /// marker, which carries the counts, comes before them.
+    async fn list(&mut self) -> Result<Step, WatchError> {
+        let relist = self.had_checkpoint;
+        tracing::info!(stream = %self.spec.id, relist, "listing");
+        self.health.update(|h| h.lists += 1);
+        let origin = if relist { Origin::Relist } else { Origin::Initial };
+        let publish_snapshot = relist || self.spec.initial;
+        let mut seen: HashSet<String> = HashSet::with_capacity(self.index.len());
+        let mut buffered: Vec<Item> = Vec::new();
+        let (mut added, mut modified, mut unchanged) = (0u64, 0u64, 0u64);
+        let mut continue_token: Option<String> = None;
+        let list_rv = loop {
+            let mut lp = self.list_params();
+            if let Some(c) = &continue_token {
+                lp = lp.continue_token(c);
+            }
+            let req = Request::new(&self.url_path).list(&lp)?;
+            let page: RawList = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| self.api_error("list", e))?;
+            for mut obj in page.items {
+                let r = ObjectRef::from_object(&obj).map_err(|source| WatchError::BadObject {
+                    stream: self.spec.id.to_string(),
+                    source,
+                })?;
+                seen.insert(r.uid.clone());
+                let change = match self.index.get(&r.uid) {
+                    None => ChangeType::Added,
+                    Some(e) if e.resource_version != r.resource_version => ChangeType::Modified,
+                    Some(_) => {
+                        unchanged += 1;
+                        continue;
+                    }
+                };
+                match change {
+                    ChangeType::Added => added += 1,
+                    _ => modified += 1,
+                }
+                // Items of a list carry no apiVersion/kind; the envelope's data should.
+                if let Some(map) = obj.as_object_mut() {
+                    map.insert("apiVersion".into(), self.spec.id.resource.api_version().into());
+                    map.insert("kind".into(), self.spec.id.resource.kind.clone().into());
+                }
+                let publish = publish_snapshot && self.spec.events.contains(&change);
+                let item = self.change_item(change, origin, r, obj, publish, None);
+                if relist {
+                    buffered.push(item);
+                } else {
+                    self.send(item).await?;
+                }
+            }
+            continue_token = page.metadata.continue_.filter(|c| !c.is_empty());
+            if continue_token.is_none() {
+                break page.metadata.resource_version.unwrap_or_default();
+            }
+        };
+        // Indexed objects the list no longer has vanished while we were not watching (or
+        // stopped matching the selector): the stream's view says Deleted.
+        let vanished: Vec<String> = self
+            .index
+            .keys()
+            .filter(|uid| !seen.contains(*uid))
+            .cloned()
+            .collect();
+        let deleted = vanished.len() as u64;
+        let mut deletions = Vec::with_capacity(vanished.len());
+        for uid in vanished {
+            let entry = self.index.get(&uid).cloned().expect("indexed");
+            let r = ObjectRef {
+                uid: uid.clone(),
+                namespace: entry.namespace.clone(),
+                name: entry.name.clone(),
+                resource_version: entry.resource_version.clone(),
+            };
+            let data = serde_json::json!({
+                "apiVersion": entry.api_version,
+                "kind": entry.kind,
+                "metadata": {
+                    "namespace": entry.namespace,
+                    "name": entry.name,
+                    "uid": uid,
+                    "resourceVersion": entry.resource_version,
+                }
+            });
+            let publish = publish_snapshot && self.spec.events.contains(&ChangeType::Deleted);
+            deletions.push(self.change_item(ChangeType::Deleted, origin, r, data, publish, None));
+        }
+        if relist {
+            let marker = RelistMarker {
+                stream: self.spec.id.clone(),
+                from_resource_version: self.resource_version.clone(),
+                to_resource_version: list_rv.clone(),
+                added,
+                modified,
+                deleted,
+                unchanged,
+                observed: Utc::now(),
+                trace: TraceContext::random(),
+            };
+            tracing::info!(stream = %self.spec.id, from = ?marker.from_resource_version, to = %list_rv, added, modified, deleted, unchanged, "relisted");
+            self.send(Item::Event {
+                event: Box::new(Event::Relisted(marker)),
+                publish: true,
+                advance: None,
+            })
+            .await?;
+        } else {
+            tracing::info!(stream = %self.spec.id, resource_version = %list_rv, added, deleted, unchanged, "initial list done");
+        }
+        // Deletions first: a name recreated with a new uid must read Deleted, then Added.
+        for item in deletions.into_iter().chain(buffered) {
+            self.send(item).await?;
+        }
+        self.send(Item::Advance(list_rv.clone())).await?;
+        self.resource_version = Some(list_rv);
+        self.had_checkpoint = true;
+        Ok(Step::Watch)
+    }
+
+    /// Builds the item for one change and records it in the sent-index.
+    fn change_item(
+        &mut self,
+        change: ChangeType,
+        origin: Origin,
+        object: ObjectRef,
+        data: Value,
+        publish: bool,
+        advance: Option<String>,
+    ) -> Item {
+        match change {
+            ChangeType::Deleted => {
+                self.index.remove(&object.uid);
+            }
+            _ => {
+                self.index.insert(
+                    object.uid.clone(),
+                    IndexEntry {
+                        api_version: self.spec.id.resource.api_version(),
+                        kind: self.spec.id.resource.kind.clone(),
+                        namespace: object.namespace.clone(),
+                        name: object.name.clone(),
+                        resource_version: object.resource_version.clone(),
+                    },
+                );
+            }
+        }
+        Item::Event {
+            event: Box::new(Event::Object(Change {
+                stream: self.spec.id.clone(),
+                change,
+                origin,
+                object,
+                data,
+                observed: Utc::now(),
+                trace: TraceContext::random(),
+            })),
+            publish,
+            advance,
+        }
+    }
+
+    async fn watch(&mut self) -> Result<Step, WatchError> {
+        let rv = self.resource_version.clone().unwrap_or_default();
+        let mut wp = WatchParams::default().timeout(self.settings.timeout_seconds);
+        if let Some(l) = &self.spec.id.label_selector {
+            wp = wp.labels(l);
+        }
+        if let Some(f) = &self.spec.id.field_selector {
+            wp = wp.fields(f);
+        }
+        let req = Request::new(&self.url_path).watch(&wp, &rv)?;
+        tracing::debug!(stream = %self.spec.id, resource_version = %rv, "watching");
+        self.health.update(|h| h.watches += 1);
+        let events = self
+            .client
+            .request_events::<Value>(req)
+            .await
+            .map_err(|e| self.api_error("watch", e))?;
+        // The request succeeded: the stream is synced up to the resumed version.
+        self.health.update(|h| {
+            h.synced = true;
+            h.error = None;
+        });
+        futures::pin_mut!(events);
+        let idle = Duration::from_secs(self.settings.idle_timeout_seconds.into());
+        loop {
+            let next = match tokio::time::timeout(idle, events.try_next()).await {
+                Err(_) => {
+                    tracing::warn!(stream = %self.spec.id, "watch silent past its idle timeout; restarting it");
+                    return Ok(Step::Watch);
+                }
+                Ok(r) => r.map_err(|e| self.api_error("watch", e))?,
+            };
+            let Some(ev) = next else {
+                // The server ended the watch (its timeout): resume where we are.
+                return Ok(Step::Watch);
+            };
+            let (change, obj) = match ev {
+                WatchEvent::Added(o) => (ChangeType::Added, o),
+                WatchEvent::Modified(o) => (ChangeType::Modified, o),
+                WatchEvent::Deleted(o) => (ChangeType::Deleted, o),
+                WatchEvent::Bookmark(b) => {
+                    let rv = b.metadata.resource_version;
+                    self.resource_version = Some(rv.clone());
+                    self.send(Item::Advance(rv)).await?;
+                    continue;
+                }
+                WatchEvent::Error(s) if s.code == 410 => return Err(WatchError::Gone),
+                WatchEvent::Error(s) => {
+                    return Err(WatchError::Api {
+                        verb: "watch",
+                        stream: self.describe(),
+                        code: s.code,
+                        reason: s.reason,
+                        message: s.message,
+                    });
+                }
+            };
+            let r = ObjectRef::from_object(&obj).map_err(|source| WatchError::BadObject {
+                stream: self.spec.id.to_string(),
+                source,
+            })?;
+            let rv = r.resource_version.clone();
+            let publish = self.spec.events.contains(&change);
+            let item = self.change_item(change, Origin::Watch, r, obj, publish, Some(rv.clone()));
+            self.resource_version = Some(rv);
+            self.send(item).await?;
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Runs the real `kubewire` binary against the test API server, with a file sink and JSON
+//! logs in a temporary directory, and reads back what it published and logged.
+//!
+//! Used as `mod common; mod harness;` by the core integration tests.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common;
+
+/// One kubewire process and its working directory (config, checkpoint, output, logs).
+pub struct Kubewire {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    runs: u32,
+}
+
+impl Kubewire {
+    /// Writes `config.yaml` (the given `resources:` block plus a file sink, checkpoint and
+    /// JSON logs inside `dir`) and starts kubewire with the admin kubeconfig.
+    pub fn start(dir: &Path, resources_yaml: &str) -> Self {
+        Self::start_with(dir, resources_yaml, "")
+    }
+
+    /// As [`Kubewire::start`], with extra top-level YAML (e.g. a `clusters:` block).
+    pub fn start_with(dir: &Path, resources_yaml: &str, extra_yaml: &str) -> Self {
+        let config = format!(
+            "resources:\n{resources_yaml}\n\
+             sink:\n  type: file\n  path: {out}\n\
+             checkpoint:\n  path: {cp}\n  commitIntervalMs: 100\n\
+             log:\n  format: json\n  level: info,kubewire=debug\n{extra_yaml}",
+            out = dir.join("events.jsonl").display(),
+            cp = dir.join("checkpoint.redb").display(),
+        );
+        std::fs::write(dir.join("config.yaml"), config).unwrap();
+        let mut kw = Self {
+            child: None,
+            dir: dir.to_owned(),
+            runs: 0,
+        };
+        kw.restart();
+        kw
+    }
+
+    /// Starts the process again (after a stop or a kill) with the same config and state.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kubewire is already running");
+        self.runs += 1;
+        let log = std::fs::File::create(self.log_path(self.runs)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kubewire"))
+            .args(["run", "--config"])
+            .arg(self.dir.join("config.yaml"))
+            .env("KUBECONFIG", common::var("KUBECONFIG"))
+            .env_remove("KUBEWIRE_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kubewire");
+        self.child = Some(child);
+    }
+
+    fn log_path(&self, run: u32) -> PathBuf {
+        self.dir.join(format!("kubewire-{run}.log"))
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns its status.
+    pub async fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("kubewire not running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        common::within(40, "kubewire to exit after SIGTERM", async {
+            loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+    }
+
+    /// SIGKILL: no drain, no final commit.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("kubewire not running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Every event published so far, in file order. A torn last line (after a kill -9) is
+    /// skipped.
+    pub fn events(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.join("events.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The raw output file.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.join("events.jsonl")).unwrap_or_default()
+    }
+
+    /// The JSON log records of run `run` (1-based).
+    pub fn logs(&self, run: u32) -> Vec<Value> {
+        std::fs::read_to_string(self.log_path(run))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn runs(&self) -> u32 {
+        self.runs
+    }
+
+    /// Log records of run `run` whose message is `message`.
+    pub fn log_messages(&self, run: u32, message: &str) -> Vec<Value> {
+        self.logs(run)
+            .into_iter()
+            .filter(|r| r["message"] == message)
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the published events; returns them.
+    pub async fn wait_events(
+        &self,
+        secs: u64,
+        what: &str,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let what = format!("{what} (output in {})", self.dir.display());
+        common::eventually(secs, &what, || async {
+            let ev = self.events();
+            pred(&ev).then_some(ev)
+        })
+        .await
+    }
+
+    /// Waits until run `run` has logged `message` at least `count` times.
+    pub async fn wait_log(&self, secs: u64, run: u32, message: &str, count: usize) {
+        let what = format!("{count}× log {message:?} in run {run} ({})", self.dir.display());
+        common::eventually(secs, &what, || async {
+            (self.log_messages(run, message).len() >= count).then_some(())
+        })
+        .await
+    }
+}
+
+impl Drop for Kubewire {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Object events (not relist markers) of the object named `ns/name`, in output order.
+pub fn object_events<'a>(events: &'a [Value], ns: &str, name: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("io.kubewire.object.")))
+        .filter(|e| e["k8snamespace"] == ns && e["k8sname"] == name)
+        .collect()
+}
+
+/// `added`, `modified`, `deleted` of a CloudEvent.
+pub fn change(e: &Value) -> &str {
+    e["type"]
+        .as_str()
+        .and_then(|t| t.strip_prefix("io.kubewire.object."))
+        .unwrap_or("")
+}
+
+/// Replays an output: uid → resourceVersion of every object that exists at its end.
+pub fn replay(events: &[Value]) -> BTreeMap<String, String> {
+    let mut state = BTreeMap::new();
+    for e in events {
+        let uid = e["k8suid"].as_str().unwrap_or_default().to_owned();
+        let rv = e["k8sresourceversion"].as_str().unwrap_or_default().to_owned();
+        match change(e) {
+            "added" | "modified" => {
+                state.insert(uid, rv);
+            }
+            "deleted" => {
+                state.remove(&uid);
+            }
+            _ => {}
+        }
+    }
+    state
+}
+
+/// Events whose id appears more than once must be the same event: same type, object and
+/// version. Returns how many duplicates there were.
+pub fn check_duplicates(events: &[Value]) -> usize {
+    let mut seen: HashMap<&str, &Value> = HashMap::new();
+    let mut dups = 0;
+    for e in events {
+        let id = e["id"].as_str().expect("every event has an id");
+        if let Some(first) = seen.insert(id, e) {
+            dups += 1;
+            for f in ["type", "k8suid", "k8sresourceversion", "k8snamespace", "k8sname", "data"] {
+                assert_eq!(first[f], e[f], "duplicate id {id} differs in {f}");
+            }
+        }
+    }
+    dups
+}
+
+/// uid → resourceVersion of the ConfigMaps in `namespaces`, listed from the API server.
+pub async fn cluster_configmaps(client: &kube::Client, namespaces: &[&str]) -> BTreeMap<String, String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let mut out = BTreeMap::new();
+    for ns in namespaces {
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), ns);
+        for cm in api.list(&Default::default()).await.unwrap() {
+            out.insert(
+                cm.metadata.uid.unwrap(),
+                cm.metadata.resource_version.unwrap(),
+            );
+        }
+    }
+    out
+}
+
+/// Creates a namespace named `name`.
+pub async fn create_namespace(client: &kube::Client, name: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: kube::Api<Namespace> = kube::Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    api.create(&Default::default(), &ns).await.unwrap();
+}
+
+/// A ConfigMap of about `size` bytes of data.
+pub fn configmap(name: &str, labels: &[(&str, &str)], value: &str) -> k8s_openapi::api::core::v1::ConfigMap {
+    let labels: BTreeMap<_, _> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels},
+        "data": {"value": value}
+    }))
+    .unwrap()
+}
