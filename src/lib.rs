@@ -19,12 +19,12 @@
 //! - [`app`]: wires the stages, shutdown and drain.
 #![forbid(unsafe_code)]
 
-pub mod event;
 pub mod app;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod envelope;
+pub mod event;
 pub mod sink;
 pub mod transform;
 pub mod watch;

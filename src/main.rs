@@ -17,7 +17,11 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_FORCED: i32 = 130;
 
 #[derive(Parser)]
-#[command(name = "kubewire", version, about = "Kubernetes List-Watch to ordered, replayable event streams")]
+#[command(
+    name = "kubewire",
+    version,
+    about = "Kubernetes List-Watch to ordered, replayable event streams"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -168,7 +172,10 @@ async fn resolve_against_clusters(config: &Config) -> Vec<Problem> {
                     if !info.namespaced && !rc.namespaces.is_empty() {
                         problems.push(Problem::new(
                             format!("resources[{ri}].namespaces"),
-                            format!("{} is cluster-scoped: namespaces do not apply", info.qualified_name()),
+                            format!(
+                                "{} is cluster-scoped: namespaces do not apply",
+                                info.qualified_name()
+                            ),
                         ));
                     }
                 }
@@ -186,7 +193,9 @@ async fn resolve_against_clusters(config: &Config) -> Vec<Problem> {
     problems
 }
 
-async fn connect(cluster: &kubewire::config::ClusterConfig) -> Result<Catalog, cluster::ClusterError> {
+async fn connect(
+    cluster: &kubewire::config::ClusterConfig,
+) -> Result<Catalog, cluster::ClusterError> {
     let client = cluster::connect(cluster).await?;
     Catalog::discover(&cluster.name, &client).await
 }
@@ -209,8 +218,15 @@ async fn resources(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    println!("{:<48} {:<36} {:<32} NAMESPACED", "NAME", "APIVERSION", "KIND");
-    for e in catalog.entries().iter().filter(|e| e.preferred && e.watchable()) {
+    println!(
+        "{:<48} {:<36} {:<32} NAMESPACED",
+        "NAME", "APIVERSION", "KIND"
+    );
+    for e in catalog
+        .entries()
+        .iter()
+        .filter(|e| e.preferred && e.watchable())
+    {
         println!(
             "{:<48} {:<36} {:<32} {}",
             e.info.qualified_name(),

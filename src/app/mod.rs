@@ -4,7 +4,6 @@
 
 mod publish;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::checkpoint::{CheckpointError, Store};
+use crate::checkpoint::{self, CheckpointError, Store};
 use crate::cluster::{self, Catalog, ClusterError};
 use crate::config::{ClusterConfig, Config, ResourceConfig, ResourceRef};
 use crate::event::{ResourceInfo, StreamId};
@@ -38,12 +37,6 @@ pub enum AppError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Transform(#[from] TransformError),
-    #[error("redaction key {}: {source}", path.display())]
-    RedactionKey {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// The clusters to watch: the configured ones, or the one inferred the usual way.
@@ -58,7 +51,8 @@ pub fn clusters(config: &Config) -> Vec<ClusterConfig> {
 /// Runs the daemon until `shutdown` is cancelled, then drains and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let store = Arc::new(Store::open(&config.checkpoint.path)?);
-    let key = redaction_key(&config)?;
+    // Stable across restarts: a replayed Secret event must carry the same markers.
+    let key = checkpoint::load_or_create_key(&config.checkpoint.redaction_key_file())?;
     let sink: Arc<dyn Sink> = Arc::from(sink::build(&config.sink).await?);
     let config = Arc::new(config);
     let watching = CancellationToken::new();
@@ -83,7 +77,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     }
     drop(ctx);
     publishers.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, publishers.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, publishers.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "drain did not finish in time; unacknowledged events will be replayed");
     } else {
         tracing::info!("drained; checkpoints committed");
@@ -211,33 +208,4 @@ impl Context {
 fn resolve(catalog: &Catalog, rc: &ResourceConfig) -> Result<ResourceInfo, String> {
     let r = ResourceRef::parse(&rc.resource).map_err(|e| e.to_string())?;
     catalog.resolve(&r).map_err(|e| e.to_string())
-}
-
-/// The key of the Secret-redaction HMAC: stable across restarts (a replayed event must carry
-/// the same markers), so it is created once and kept beside the checkpoint.
-fn redaction_key(config: &Config) -> Result<Vec<u8>, AppError> {
-    let path = config.checkpoint.redaction_key_path.clone().unwrap_or_else(|| {
-        config
-            .checkpoint
-            .path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("redaction.key")
-    });
-    let err = |source| AppError::RedactionKey {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read(&path) {
-        Ok(k) if !k.is_empty() => Ok(k),
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(e)),
-        _ => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(err)?;
-            }
-            let key: [u8; 32] = rand::random();
-            std::fs::write(&path, key).map_err(err)?;
-            Ok(key.to_vec())
-        }
-    }
 }

@@ -105,10 +105,17 @@ impl Publisher {
     async fn start(&self, item: Item) -> Option<BoxFuture<'static, Effect>> {
         let (mut event, publish, advance) = match item {
             Item::Advance(rv) => {
-                let effect = Effect { index: None, advance: Some(rv) };
+                let effect = Effect {
+                    index: None,
+                    advance: Some(rv),
+                };
                 return Some(Box::pin(futures::future::ready(effect)));
             }
-            Item::Event { event, publish, advance } => (event, publish, advance),
+            Item::Event {
+                event,
+                publish,
+                advance,
+            } => (event, publish, advance),
         };
         let index = match event.as_ref() {
             Event::Object(c) => Some(match c.change {

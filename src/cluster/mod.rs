@@ -17,7 +17,9 @@ pub enum ClusterError {
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("cluster {cluster:?}: no usable configuration (KUBECONFIG, ~/.kube/config or in-cluster): {source}")]
+    #[error(
+        "cluster {cluster:?}: no usable configuration (KUBECONFIG, ~/.kube/config or in-cluster): {source}"
+    )]
     Infer {
         cluster: String,
         #[source]
@@ -80,12 +82,14 @@ pub async fn connect(cfg: &ClusterConfig) -> Result<kube::Client, ClusterError> 
                     source,
                 })?
         }
-        None if cfg.context.is_some() => kube::Config::from_kubeconfig(&options)
-            .await
-            .map_err(|source| ClusterError::Kubeconfig {
-                cluster: cfg.name.clone(),
-                source,
-            })?,
+        None if cfg.context.is_some() => {
+            kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|source| ClusterError::Kubeconfig {
+                    cluster: cfg.name.clone(),
+                    source,
+                })?
+        }
         None => kube::Config::infer()
             .await
             .map_err(|source| ClusterError::Infer {
@@ -116,7 +120,12 @@ impl CatalogEntry {
 
 impl fmt::Display for CatalogEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.info.qualified_name(), self.info.api_version())
+        write!(
+            f,
+            "{} ({})",
+            self.info.qualified_name(),
+            self.info.api_version()
+        )
     }
 }
 
@@ -167,9 +176,8 @@ impl Catalog {
     pub fn resolve(&self, r: &ResourceRef) -> Result<ResourceInfo, ClusterError> {
         let given = display_ref(r);
         let name = r.name.to_ascii_lowercase();
-        let matches_name = |e: &&CatalogEntry| {
-            e.info.resource == name || e.info.kind.to_ascii_lowercase() == name
-        };
+        let matches_name =
+            |e: &&CatalogEntry| e.info.resource == name || e.info.kind.to_ascii_lowercase() == name;
         let mut found: Vec<&CatalogEntry> = self
             .entries
             .iter()
@@ -284,7 +292,13 @@ mod tests {
     }
 
     fn catalog() -> Catalog {
-        let mut tokenreviews = e("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", true);
+        let mut tokenreviews = e(
+            "authentication.k8s.io",
+            "v1",
+            "tokenreviews",
+            "TokenReview",
+            true,
+        );
         tokenreviews.verbs = vec!["create".into()];
         Catalog::from_entries(vec![
             e("", "v1", "configmaps", "ConfigMap", true),
@@ -316,7 +330,9 @@ mod tests {
         ] {
             assert_eq!(c.resolve(&rr).unwrap().resource, "configmaps", "{rr:?}");
         }
-        let d = c.resolve(&r("Deployment", Some("apps"), Some("v1"))).unwrap();
+        let d = c
+            .resolve(&r("Deployment", Some("apps"), Some("v1")))
+            .unwrap();
         assert_eq!((d.group.as_str(), d.kind.as_str()), ("apps", "Deployment"));
     }
 
@@ -325,12 +341,16 @@ mod tests {
         let c = catalog();
         assert_eq!(c.resolve(&r("widgets", None, None)).unwrap().version, "v1");
         assert_eq!(
-            c.resolve(&r("widgets", Some("example.com"), Some("v1beta1"))).unwrap().version,
+            c.resolve(&r("widgets", Some("example.com"), Some("v1beta1")))
+                .unwrap()
+                .version,
             "v1beta1"
         );
         assert_eq!(c.resolve(&r("events", None, None)).unwrap().group, "");
         assert_eq!(
-            c.resolve(&r("events", Some("events.k8s.io"), None)).unwrap().group,
+            c.resolve(&r("events", Some("events.k8s.io"), None))
+                .unwrap()
+                .group,
             "events.k8s.io"
         );
     }
@@ -348,7 +368,9 @@ mod tests {
 
     #[test]
     fn resource_without_list_and_watch_is_refused() {
-        let err = catalog().resolve(&r("tokenreviews", None, None)).unwrap_err();
+        let err = catalog()
+            .resolve(&r("tokenreviews", None, None))
+            .unwrap_err();
         assert!(matches!(err, ClusterError::NotWatchable { .. }), "{err}");
     }
 }

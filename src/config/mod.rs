@@ -16,6 +16,8 @@
 //! (`namespaces`, `events`) take a comma-separated value. The environment is passed in
 //! explicitly ([`Config::load_with_env`]) so tests never touch the process environment.
 
+mod kafka;
+mod nats;
 mod resource_ref;
 mod validate;
 
@@ -26,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::ChangeType;
 
+pub use kafka::KafkaSinkConfig;
+pub use nats::NatsSinkConfig;
 pub use resource_ref::ResourceRef;
 
 /// Prefix of the environment variables that override configuration fields.
@@ -273,6 +277,10 @@ pub enum SinkConfig {
         /// The file to append to (created if missing).
         path: PathBuf,
     },
+    /// Apache Kafka: see [`KafkaSinkConfig`].
+    Kafka(KafkaSinkConfig),
+    /// NATS (JetStream by default): see [`NatsSinkConfig`].
+    Nats(NatsSinkConfig),
 }
 
 impl SinkConfig {
@@ -281,6 +289,8 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout => "stdout",
             SinkConfig::File { .. } => "file",
+            SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Nats(_) => "nats",
         }
     }
 }

@@ -191,6 +191,16 @@ impl Config {
                     p.add("sink.path", "must not be empty");
                 }
             }
+            SinkConfig::Kafka(k) => {
+                if k.brokers.trim().is_empty() {
+                    p.add("sink.brokers", "must not be empty");
+                }
+            }
+            SinkConfig::Nats(n) => {
+                if n.url.trim().is_empty() {
+                    p.add("sink.url", "must not be empty");
+                }
+            }
         }
     }
 

@@ -77,12 +77,7 @@ impl StreamId {
 
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}",
-            self.cluster,
-            self.resource.qualified_name()
-        )?;
+        write!(f, "{}/{}", self.cluster, self.resource.qualified_name())?;
         if let Some(ns) = &self.namespace {
             write!(f, " in {ns}")?;
         }
@@ -249,7 +244,7 @@ impl RelistMarker {
         format!(
             "{}/relist/{}/{}",
             self.stream.cluster,
-            hex::encode(&sha2_prefix(&self.stream.key())),
+            hex::encode(sha2_prefix(&self.stream.key())),
             self.to_resource_version
         )
     }
@@ -328,12 +323,16 @@ mod tests {
         let t = TraceContext::random().traceparent();
         let parts: Vec<_> = t.split('-').collect();
         assert_eq!(parts.len(), 4);
-        assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "01"));
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
     }
 
     #[test]
     fn object_ref_reads_metadata_and_cluster_scoped_key_is_name() {
-        let obj = serde_json::json!({"metadata": {"uid": "u1", "name": "n", "resourceVersion": "5"}});
+        let obj =
+            serde_json::json!({"metadata": {"uid": "u1", "name": "n", "resourceVersion": "5"}});
         let r = ObjectRef::from_object(&obj).unwrap();
         assert_eq!(r.key(), "n");
         let obj = serde_json::json!({"metadata": {"uid": "u1", "name": "n", "namespace": "ns", "resourceVersion": "5"}});

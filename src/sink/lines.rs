@@ -31,11 +31,14 @@ impl LinesSink {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 tokio::fs::create_dir_all(dir).await?;
             }
-            tokio::fs::OpenOptions::new()
+            let mut file = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .read(true)
                 .open(path)
-                .await
+                .await?;
+            terminate_torn_line(&mut file).await?;
+            Ok::<_, std::io::Error>(file)
         };
         let file = open.await.map_err(|source| SinkError::Open {
             path: path.to_owned(),
@@ -49,6 +52,24 @@ impl LinesSink {
         tokio::spawn(write_loop(name, BufWriter::with_capacity(1 << 16, w), rx));
         Self { name, tx }
     }
+}
+
+/// A crash (kill -9) mid-write can leave a partial last line. Ending it keeps every later
+/// event on a line of its own; readers skip the one torn line.
+async fn terminate_torn_line(file: &mut tokio::fs::File) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, SeekFrom};
+    let len = file.metadata().await?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    file.seek(SeekFrom::Start(len - 1)).await?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last).await?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n").await?;
+        file.flush().await?;
+    }
+    Ok(())
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -112,5 +133,33 @@ impl Sink for LinesSink {
 
     fn name(&self) -> &'static str {
         self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reopening_a_file_with_a_torn_last_line_starts_a_fresh_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, "{\"complete\":1}\n{\"torn\":").unwrap();
+        let sink = LinesSink::file(&path).await.unwrap();
+        let ack = sink
+            .send(Encoded {
+                id: "i".into(),
+                key: "k".into(),
+                ce_type: "t".into(),
+                source: "s".into(),
+                subject: "s".into(),
+                traceparent: String::new(),
+                payload: b"{\"next\":2}".to_vec(),
+            })
+            .await
+            .unwrap();
+        ack.await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"complete\":1}\n{\"torn\":\n{\"next\":2}\n");
     }
 }

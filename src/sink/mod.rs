@@ -3,7 +3,9 @@
 //! the backpressure reaching the watch loop) and returns an [`Ack`] future that resolves once
 //! the event is durably accepted downstream. Only then may the checkpoint move past it.
 
+mod kafka;
 mod lines;
+mod nats;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -22,6 +24,8 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    #[error("sink unavailable: {0}")]
+    Unavailable(String),
     #[error("sink is closed")]
     Closed,
     /// This one event can never be delivered (e.g. too large); others are unaffected.
@@ -41,6 +45,19 @@ pub trait Sink: Send + Sync {
 
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
+
+    /// Whether the sink currently reaches its destination, for /readyz and metrics.
+    fn health(&self) -> SinkHealth {
+        SinkHealth::Up
+    }
+}
+
+/// Reachability of a sink's destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkHealth {
+    Up,
+    /// Down, and why (e.g. "all brokers down since 12:01:03").
+    Down(String),
 }
 
 /// Builds the configured sink.
@@ -48,5 +65,7 @@ pub async fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match cfg {
         SinkConfig::Stdout => Box::new(LinesSink::stdout()),
         SinkConfig::File { path } => Box::new(LinesSink::file(path).await?),
+        SinkConfig::Kafka(k) => kafka::build(k).await?,
+        SinkConfig::Nats(n) => nats::build(n).await?,
     })
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use futures::TryStreamExt;
-use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::Resource;
+use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::core::{DynamicObject, Request};
 use serde::Deserialize;
 use serde_json::Value;
@@ -278,7 +278,11 @@ impl WatchLoop {
         let relist = self.had_checkpoint;
         tracing::info!(stream = %self.spec.id, relist, "listing");
         self.health.update(|h| h.lists += 1);
-        let origin = if relist { Origin::Relist } else { Origin::Initial };
+        let origin = if relist {
+            Origin::Relist
+        } else {
+            Origin::Initial
+        };
         let publish_snapshot = relist || self.spec.initial;
         let mut seen: HashSet<String> = HashSet::with_capacity(self.index.len());
         let mut buffered: Vec<Item> = Vec::new();
@@ -315,7 +319,10 @@ impl WatchLoop {
                 }
                 // Items of a list carry no apiVersion/kind; the envelope's data should.
                 if let Some(map) = obj.as_object_mut() {
-                    map.insert("apiVersion".into(), self.spec.id.resource.api_version().into());
+                    map.insert(
+                        "apiVersion".into(),
+                        self.spec.id.resource.api_version().into(),
+                    );
                     map.insert("kind".into(), self.spec.id.resource.kind.clone().into());
                 }
                 let publish = publish_snapshot && self.spec.events.contains(&change);
