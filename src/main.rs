@@ -69,7 +69,8 @@ fn init_logging(config: &Config) {
     // Logs go to stderr: stdout belongs to the stdout sink.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let json = match config.log.format {
         LogFormat::Json => true,
         LogFormat::Text => false,
