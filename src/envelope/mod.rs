@@ -54,6 +54,41 @@ pub struct Encoded {
     pub traceparent: String,
     /// The structured-mode JSON document (no trailing newline).
     pub payload: Vec<u8>,
+    /// Where the event comes from, for sinks' topic / subject / key templates.
+    pub attrs: Attrs,
+}
+
+/// The stream and object an event is about: the values of `{cluster}`, `{group}`, ... in
+/// sinks' templates. Same conventions as the document (`core` for the core group).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attrs {
+    pub cluster: String,
+    /// `core` for the core group.
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    /// Plural resource name, e.g. `configmaps`.
+    pub resource: String,
+    /// The object's namespace; for a relist marker, the stream's namespace scope. `None`:
+    /// cluster-scoped (or a marker of an all-namespaces stream).
+    pub namespace: Option<String>,
+    /// The object's name; `None` for relist markers.
+    pub name: Option<String>,
+}
+
+impl Attrs {
+    fn new(stream: &StreamId, namespace: Option<&str>, name: Option<&str>) -> Self {
+        let r = &stream.resource;
+        Self {
+            cluster: stream.cluster.clone(),
+            group: group_name(r).to_owned(),
+            version: r.version.clone(),
+            kind: r.kind.clone(),
+            resource: r.resource.clone(),
+            namespace: namespace.map(str::to_owned),
+            name: name.map(str::to_owned),
+        }
+    }
 }
 
 /// Encodes `event` (whose object, if any, is already transformed).
@@ -197,6 +232,7 @@ fn encode_change(change: &Change) -> Result<Encoded, EnvelopeError> {
         source,
     })?;
     Ok(Encoded {
+        attrs: Attrs::new(stream, obj.namespace.as_deref(), Some(&obj.name)),
         key: obj.key(),
         ce_type: ce_type.to_owned(),
         id,
@@ -248,6 +284,7 @@ fn encode_marker(marker: &RelistMarker) -> Result<Encoded, EnvelopeError> {
         source,
     })?;
     Ok(Encoded {
+        attrs: Attrs::new(stream, stream.namespace.as_deref(), None),
         key: marker.key(),
         ce_type: RELISTED_TYPE.to_owned(),
         id,
@@ -348,6 +385,18 @@ mod tests {
         assert_eq!(e.subject, "core/v1/configmaps/demo/settings");
         assert_eq!(e.traceparent, tp);
         assert!(!e.payload.ends_with(b"\n"));
+        assert_eq!(
+            e.attrs,
+            Attrs {
+                cluster: "prod".into(),
+                group: "core".into(),
+                version: "v1".into(),
+                kind: "ConfigMap".into(),
+                resource: "configmaps".into(),
+                namespace: Some("demo".into()),
+                name: Some("settings".into()),
+            }
+        );
     }
 
     #[test]
@@ -476,6 +525,8 @@ mod tests {
             })
         );
         assert_eq!(e.key, m.key());
+        assert_eq!(e.attrs.namespace.as_deref(), Some("demo"));
+        assert_eq!(e.attrs.name, None);
         // Deterministic: the same relist encodes to the same id.
         assert_eq!(
             encode(&Event::Relisted(marker(Some("50")))).unwrap().id,

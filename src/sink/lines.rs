@@ -155,6 +155,7 @@ mod tests {
                 subject: "s".into(),
                 traceparent: String::new(),
                 payload: b"{\"next\":2}".to_vec(),
+                attrs: Default::default(),
             })
             .await
             .unwrap();
