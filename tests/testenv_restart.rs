@@ -42,7 +42,11 @@ impl Drop for Restore {
 fn stop(service: &'static str, addr: &str) -> Restore {
     let guard = Restore(service);
     testenv(&["stop", service]);
-    assert_eq!(service_state(service), "down", "{service} after dev/testenv stop");
+    assert_eq!(
+        service_state(service),
+        "down",
+        "{service} after dev/testenv stop"
+    );
     assert!(
         TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_err(),
         "{service} still accepts connections on {addr} after dev/testenv stop"
@@ -52,11 +56,17 @@ fn stop(service: &'static str, addr: &str) -> Restore {
 
 fn start(service: &str) {
     testenv(&["start", service]);
-    assert_eq!(service_state(service), "up", "{service} after dev/testenv start");
+    assert_eq!(
+        service_state(service),
+        "up",
+        "{service} after dev/testenv start"
+    );
 }
 
 fn apiserver_addr() -> String {
-    common::var("TESTENV_APISERVER_URL").trim_start_matches("https://").to_string()
+    common::var("TESTENV_APISERVER_URL")
+        .trim_start_matches("https://")
+        .to_string()
 }
 
 async fn create_configmap(value: &str) -> (Api<ConfigMap>, String) {
@@ -65,9 +75,13 @@ async fn create_configmap(value: &str) -> (Api<ConfigMap>, String) {
     let cm: ConfigMap =
         serde_json::from_value(json!({ "metadata": { "name": name }, "data": { "value": value } }))
             .unwrap();
-    within(30, "create configmap", cms.create(&PostParams::default(), &cm))
-        .await
-        .expect("create configmap");
+    within(
+        30,
+        "create configmap",
+        cms.create(&PostParams::default(), &cm),
+    )
+    .await
+    .expect("create configmap");
     (cms, name)
 }
 
@@ -88,7 +102,9 @@ async fn assert_configmap_survived(name: &str, value: &str) {
 async fn etcd_stop_start_keeps_api_objects() {
     let _serial = SERIAL.lock().await;
     let (_, name) = create_configmap("kept-by-etcd").await;
-    let etcd_addr = common::var("ETCDCTL_ENDPOINTS").trim_start_matches("http://").to_string();
+    let etcd_addr = common::var("ETCDCTL_ENDPOINTS")
+        .trim_start_matches("http://")
+        .to_string();
     let _restore = stop("etcd", &etcd_addr);
     start("etcd");
     assert_configmap_survived(&name, "kept-by-etcd").await;
@@ -100,7 +116,10 @@ async fn apiserver_stop_start_keeps_api_objects() {
     let (cms, name) = create_configmap("kept-across-apiserver-restart").await;
     let _restore = stop("apiserver", &apiserver_addr());
     let down = within(30, "get while stopped", cms.get(&name)).await;
-    assert!(down.is_err(), "the API server answered while stopped: {down:?}");
+    assert!(
+        down.is_err(),
+        "the API server answered while stopped: {down:?}"
+    );
     start("apiserver");
     assert_configmap_survived(&name, "kept-across-apiserver-restart").await;
 }
@@ -138,7 +157,10 @@ async fn kafka_stop_start_keeps_topic_messages() {
             within(
                 30,
                 "produce",
-                producer.send(FutureRecord::to(&topic).key("k").payload(payload), Duration::from_secs(20)),
+                producer.send(
+                    FutureRecord::to(&topic).key("k").payload(payload),
+                    Duration::from_secs(20),
+                ),
             )
             .await
             .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
@@ -155,11 +177,14 @@ async fn kafka_stop_start_keeps_topic_messages() {
         .create()
         .expect("kafka consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+        .unwrap();
     consumer.assign(&tpl).expect("assign");
     let mut received = Vec::new();
     while received.len() < sent.len() {
-        let msg = within(60, "consume after restart", consumer.recv()).await.expect("consume");
+        let msg = within(60, "consume after restart", consumer.recv())
+            .await
+            .expect("consume");
         received.push(String::from_utf8(msg.payload().unwrap().to_vec()).unwrap());
     }
     assert_eq!(received, sent);
@@ -172,7 +197,9 @@ async fn nats_stop_start_keeps_jetstream_messages() {
     let subject = format!("{stream_name}.events");
     let sent: Vec<String> = (0..3).map(|i| format!("message {i}")).collect();
     {
-        let client = within(30, "connect", async_nats::connect(nats_url())).await.expect("connect");
+        let client = within(30, "connect", async_nats::connect(nats_url()))
+            .await
+            .expect("connect");
         let js = async_nats::jetstream::new(client);
         within(
             30,
@@ -187,9 +214,13 @@ async fn nats_stop_start_keeps_jetstream_messages() {
         .await
         .expect("create stream");
         for payload in &sent {
-            let ack = within(30, "publish", js.publish(subject.clone(), payload.clone().into()))
-                .await
-                .expect("publish");
+            let ack = within(
+                30,
+                "publish",
+                js.publish(subject.clone(), payload.clone().into()),
+            )
+            .await
+            .expect("publish");
             within(30, "ack", ack).await.expect("ack");
         }
     }
@@ -202,8 +233,12 @@ async fn nats_stop_start_keeps_jetstream_messages() {
         .await
         .expect("connect after restart");
     let js = async_nats::jetstream::new(client);
-    let mut stream = within(30, "get stream", js.get_stream(&stream_name)).await.expect("stream survived");
-    let info = within(30, "stream info", stream.info()).await.expect("stream info");
+    let mut stream = within(30, "get stream", js.get_stream(&stream_name))
+        .await
+        .expect("stream survived");
+    let info = within(30, "stream info", stream.info())
+        .await
+        .expect("stream info");
     assert_eq!(info.state.messages, sent.len() as u64);
     for (i, payload) in sent.iter().enumerate() {
         let msg = within(30, "get message", stream.get_raw_message(i as u64 + 1))
@@ -211,5 +246,7 @@ async fn nats_stop_start_keeps_jetstream_messages() {
             .expect("stored message");
         assert_eq!(&msg.payload[..], payload.as_bytes());
     }
-    within(30, "delete stream", js.delete_stream(&stream_name)).await.expect("delete stream");
+    within(30, "delete stream", js.delete_stream(&stream_name))
+        .await
+        .expect("delete stream");
 }

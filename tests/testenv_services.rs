@@ -231,10 +231,19 @@ async fn watch_from_compacted_resource_version_gets_410_gone() {
 
     // A watch from the current resourceVersion is not "older": it keeps working after the
     // compaction (regression: compacting at the object's own last revision gave 500 PrevKv=nil).
-    let mut watch = within(30, "watch", cms.watch(&wp, &new_rv)).await.expect("watch").boxed();
+    let mut watch = within(30, "watch", cms.watch(&wp, &new_rv))
+        .await
+        .expect("watch")
+        .boxed();
     let mut again = updated.clone();
     again.data = Some([("value".to_string(), "3".to_string())].into());
-    within(30, "update", cms.replace(&name, &PostParams::default(), &again)).await.expect("update configmap");
+    within(
+        30,
+        "update",
+        cms.replace(&name, &PostParams::default(), &again),
+    )
+    .await
+    .expect("update configmap");
     match within(30, "event after compaction", watch.try_next()).await {
         Ok(Some(WatchEvent::Modified(cm))) => {
             assert_eq!(cm.data.unwrap()["value"], "3");
