@@ -16,6 +16,7 @@
 //! - [`envelope`]: CloudEvents encoding (pure).
 //! - [`sink`]: the sink contract and its stdout/file implementations.
 //! - [`checkpoint`]: the in-order ack watermark and the embedded store.
+//! - [`telemetry`]: metrics, health, the admin server.
 //! - [`app`]: wires the stages, shutdown and drain.
 #![forbid(unsafe_code)]
 
@@ -26,5 +27,6 @@ pub mod config;
 pub mod envelope;
 pub mod event;
 pub mod sink;
+pub mod telemetry;
 pub mod transform;
 pub mod watch;

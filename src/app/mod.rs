@@ -17,8 +17,9 @@ use crate::cluster::{self, Catalog, ClusterError};
 use crate::config::{ClusterConfig, Config, ResourceConfig, ResourceRef};
 use crate::event::{ResourceInfo, StreamId};
 use crate::sink::{self, Sink, SinkError};
+use crate::telemetry::{self, Telemetry, TelemetryError};
 use crate::transform::{TransformError, Transformer};
-use crate::watch::{StreamHealth, StreamSpec, WatchLoop};
+use crate::watch::{StreamSpec, WatchLoop};
 
 use publish::Publisher;
 
@@ -37,6 +38,8 @@ pub enum AppError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Transform(#[from] TransformError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 /// The clusters to watch: the configured ones, or the one inferred the usual way.
@@ -54,6 +57,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     // Stable across restarts: a replayed Secret event must carry the same markers.
     let key = checkpoint::load_or_create_key(&config.checkpoint.redaction_key_file())?;
     let sink: Arc<dyn Sink> = Arc::from(sink::build(&config.sink).await?);
+    let telemetry = Arc::new(Telemetry::default());
+    telemetry.health.set_sink(sink.clone());
+    telemetry.metrics.init_sink(sink.name());
+    let admin_stop = CancellationToken::new();
+    if config.admin.enabled {
+        // A loop that shows no sign of life for longer than its own idle timeout plus a
+        // margin is wedged.
+        let wedged_after = Duration::from_secs(u64::from(config.watch.idle_timeout_seconds) + 60);
+        let addr = telemetry::serve(
+            &config.admin.address,
+            telemetry.clone(),
+            wedged_after,
+            admin_stop.clone(),
+        )
+        .await?;
+        tracing::info!(address = %addr, "admin server listening (/metrics /healthz /readyz)");
+    }
+    tokio::spawn(watch_sink_health(
+        sink.clone(),
+        telemetry.clone(),
+        admin_stop.clone(),
+    ));
     let config = Arc::new(config);
     let watching = CancellationToken::new();
     let publishers = TaskTracker::new();
@@ -62,6 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         store,
         sink,
         redaction_key: key,
+        telemetry,
         watching: watching.clone(),
         publishers: publishers.clone(),
     });
@@ -85,7 +111,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     } else {
         tracing::info!("drained; checkpoints committed");
     }
+    admin_stop.cancel();
     Ok(())
+}
+
+/// Mirrors the sink's reachability into `kubewire_sink_up`.
+async fn watch_sink_health(
+    sink: Arc<dyn Sink>,
+    telemetry: Arc<Telemetry>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let up = sink.health() == sink::SinkHealth::Up;
+                telemetry.metrics.sink_up(sink.name(), up);
+            }
+        }
+    }
 }
 
 struct Context {
@@ -93,6 +138,7 @@ struct Context {
     store: Arc<Store>,
     sink: Arc<dyn Sink>,
     redaction_key: Vec<u8>,
+    telemetry: Arc<Telemetry>,
     watching: CancellationToken,
     publishers: TaskTracker,
 }
@@ -107,6 +153,7 @@ impl Context {
             .with_jitter()
             .without_max_times()
             .build();
+        let cluster_key = format!("cluster {}", cluster.name);
         let (client, catalog) = loop {
             let attempt = async {
                 let client = cluster::connect(&cluster).await?;
@@ -118,9 +165,17 @@ impl Context {
                 r = attempt => r,
             };
             match res {
-                Ok(ok) => break ok,
+                Ok(ok) => {
+                    self.telemetry.health.remove(&cluster_key);
+                    break ok;
+                }
                 Err(e) => {
                     tracing::error!(cluster = %cluster.name, error = %e, "cluster unavailable; retrying");
+                    self.telemetry
+                        .health
+                        .update(&format!("cluster {}", cluster.name), |s| {
+                            s.error = Some(e.to_string())
+                        });
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                     tokio::select! {
                         _ = self.watching.cancelled() => return,
@@ -133,8 +188,10 @@ impl Context {
             let info = match resolve(&catalog, rc) {
                 Ok(info) => info,
                 Err(e) => {
-                    // One bad resource does not stop the others.
+                    // One bad resource does not stop the others; it shows in /readyz.
                     tracing::error!(cluster = %cluster.name, resource = %rc.resource, path = %format!("resources[{i}].resource"), error = %e, "resource not watched");
+                    let name = format!("{}/{} (resources[{i}])", cluster.name, rc.resource);
+                    self.telemetry.health.update(&name, |s| s.error = Some(e));
                     continue;
                 }
             };
@@ -180,15 +237,15 @@ impl Context {
         };
         let transformer = Arc::new(Transformer::new(&rc.transform, self.redaction_key.clone())?);
         let (tx, rx) = mpsc::channel(self.config.watch.channel_capacity);
-        let health = Arc::new(StreamHealth::default());
+        let metrics = self.telemetry.metrics.stream(&id);
         let watch = WatchLoop::new(
             client,
             spec.clone(),
             self.config.watch.clone(),
-            checkpoint.resource_version,
-            checkpoint.index,
+            checkpoint,
             tx,
-            health,
+            self.telemetry.clone(),
+            metrics.clone(),
         );
         let publisher = Publisher {
             spec,
@@ -197,6 +254,15 @@ impl Context {
             store: self.store.clone(),
             commit_interval: Duration::from_millis(self.config.checkpoint.commit_interval_ms),
             max_in_flight: MAX_IN_FLIGHT,
+            destination: match &self.config.sink {
+                crate::config::SinkConfig::Kafka(_) => rc
+                    .kafka
+                    .as_ref()
+                    .and_then(|k| k.topic.as_deref())
+                    .map(Arc::from),
+                _ => None,
+            },
+            metrics,
         };
         self.publishers.spawn(publisher.run(rx));
         tokio::spawn(watch.run(self.watching.clone()));

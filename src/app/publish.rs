@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 
 use crate::checkpoint::{CommitBatch, IndexEntry, Store};
 use crate::envelope;
-use crate::event::{ChangeType, Event};
+use crate::event::{ChangeType, Event, Origin};
 use crate::sink::{Sink, SinkError};
+use crate::telemetry::StreamMetrics;
 use crate::transform::Transformer;
 use crate::watch::{Item, StreamSpec};
 
@@ -24,6 +25,8 @@ struct Effect {
     /// uid → Some(entry) to index, None to forget.
     index: Option<(String, Option<IndexEntry>)>,
     advance: Option<String>,
+    /// (type, origin) of an event the sink acknowledged, for the metrics.
+    published: Option<(&'static str, &'static str)>,
 }
 
 pub struct Publisher {
@@ -33,6 +36,9 @@ pub struct Publisher {
     pub store: Arc<Store>,
     pub commit_interval: Duration,
     pub max_in_flight: usize,
+    pub metrics: StreamMetrics,
+    /// This resource's destination template for the sink (`resources[].kafka.topic`).
+    pub destination: Option<Arc<str>>,
 }
 
 /// Checkpoint changes acknowledged but not yet committed.
@@ -83,7 +89,15 @@ impl Publisher {
         loop {
             tokio::select! {
                 biased;
-                Some(effect) = in_flight.next(), if !in_flight.is_empty() => pending.apply(effect),
+                Some(effect) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Some((change, origin)) = effect.published {
+                        self.metrics.published(change, origin);
+                        if origin != Origin::Watch.as_str() {
+                            self.metrics.initial_sync_add("published");
+                        }
+                    }
+                    pending.apply(effect)
+                }
                 item = rx.recv(), if open && in_flight.len() < self.max_in_flight => match item {
                     Some(item) => match self.start(item).await {
                         Some(f) => in_flight.push_back(f),
@@ -106,8 +120,8 @@ impl Publisher {
         let (mut event, publish, advance) = match item {
             Item::Advance(rv) => {
                 let effect = Effect {
-                    index: None,
                     advance: Some(rv),
+                    ..Default::default()
                 };
                 return Some(Box::pin(futures::future::ready(effect)));
             }
@@ -133,35 +147,56 @@ impl Publisher {
             }),
             Event::Relisted(_) => None,
         };
-        let effect = Effect { index, advance };
+        let mut effect = Effect {
+            index,
+            advance,
+            published: None,
+        };
         if !publish {
             return Some(Box::pin(futures::future::ready(effect)));
         }
+        effect.published = Some(match event.as_ref() {
+            Event::Object(c) => (c.change.as_str(), c.origin.as_str()),
+            Event::Relisted(_) => ("relisted", Origin::Relist.as_str()),
+        });
         if let Event::Object(c) = event.as_mut() {
             self.transformer.apply(&c.stream.resource, &mut c.data);
         }
-        let encoded = match envelope::encode(&event) {
+        let mut encoded = match envelope::encode(&event) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(stream = %self.spec.id, id = %event.id(), error = %e, "cannot encode event; skipping it");
                 return Some(Box::pin(futures::future::ready(effect)));
             }
         };
+        encoded.destination = self.destination.clone();
         let id = encoded.id.clone();
+        let sink_name = self.sink.name();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
         let ack = match self.sink.send(encoded).await {
             Ok(ack) => ack,
             Err(SinkError::Closed) => return None,
             Err(e) => {
                 tracing::error!(stream = %self.spec.id, %id, error = %e, "sink refused event");
+                metrics.metrics().sink_error(sink_name, "send");
                 return Some(Box::pin(futures::future::ready(effect)));
             }
         };
+        metrics.in_flight.inc();
         let stream = self.spec.id.to_string();
         Some(Box::pin(async move {
-            if let Err(e) = ack.await {
-                // A permanent rejection of this one event (e.g. too large): name it loudly;
-                // the stream goes on.
-                tracing::error!(%stream, %id, error = %e, "event not delivered");
+            let result = ack.await;
+            metrics.in_flight.dec();
+            match result {
+                Ok(()) => metrics.metrics().sink_ack(sink_name, started.elapsed()),
+                Err(e) => {
+                    // A permanent rejection of this one event (e.g. too large): name it
+                    // loudly; the stream goes on.
+                    tracing::error!(%stream, %id, error = %e, "event not delivered");
+                    metrics.metrics().sink_error(sink_name, "rejected");
+                    effect.published = None;
+                }
             }
             effect
         }))
@@ -180,7 +215,10 @@ impl Publisher {
         })
         .await;
         let (batch, error) = match res {
-            Ok((_, Ok(()))) => return,
+            Ok((batch, Ok(()))) => {
+                self.metrics.checkpointed(batch.resource_version.as_deref());
+                return;
+            }
             Ok((batch, Err(e))) => (batch, e.to_string()),
             Err(e) => {
                 tracing::error!(stream = %self.spec.id, error = %e, "checkpoint commit panicked");

@@ -28,8 +28,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::ChangeType;
 
-pub use kafka::KafkaSinkConfig;
-pub use nats::NatsSinkConfig;
+pub use kafka::{
+    CreateTopicsConfig, KafkaCompression, KafkaSecurityProtocol, KafkaSinkConfig, OnOversize,
+    ResourceKafkaConfig, SaslConfig, TlsConfig,
+};
+pub use nats::{
+    DEFAULT_SUBJECT as DEFAULT_NATS_SUBJECT, NatsAuthConfig, NatsRetention, NatsSinkConfig,
+    NatsStorage, NatsStreamConfig, NatsTlsConfig, SecretRef,
+};
 pub use resource_ref::ResourceRef;
 
 /// Prefix of the environment variables that override configuration fields.
@@ -139,6 +145,28 @@ pub struct Config {
     pub watch: WatchConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The admin HTTP server: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: AdminConfig,
+}
+
+/// The admin HTTP server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminConfig {
+    /// Serve `/metrics`, `/healthz` and `/readyz`. Default: true.
+    pub enabled: bool,
+    /// `ip:port` to listen on. Default: `127.0.0.1:9090`; in a pod use `0.0.0.0:9090` so
+    /// probes and Prometheus can reach it. Port 0 picks a free port (logged at start-up).
+    pub address: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: "127.0.0.1:9090".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -151,6 +179,7 @@ impl Default for Config {
             checkpoint: CheckpointConfig::default(),
             watch: WatchConfig::default(),
             log: LogConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -211,6 +240,10 @@ pub struct ResourceConfig {
     /// The default transforms applied before publishing.
     #[serde(default)]
     pub transform: TransformConfig,
+    /// Kafka sink settings for this resource (e.g. its own topic). Used only with
+    /// `sink.type: kafka`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<ResourceKafkaConfig>,
 }
 
 impl ResourceConfig {
@@ -224,6 +257,7 @@ impl ResourceConfig {
             events: all_change_types(),
             initial: true,
             transform: TransformConfig::default(),
+            kafka: None,
         }
     }
 }
@@ -423,6 +457,29 @@ const CAMEL_CASE_FIELDS: &[&str] = &[
     "backoffInitialMs",
     "backoffMaxMs",
     "healthyResetSeconds",
+    // Kafka sink
+    "createTopics",
+    "onOversize",
+    "queueMaxMessages",
+    "queueMaxKbytes",
+    "securityProtocol",
+    "replicationFactor",
+    "cleanupPolicy",
+    "passwordEnv",
+    "passwordFile",
+    "caFile",
+    "certFile",
+    "keyFile",
+    "keyPasswordEnv",
+    "keyPasswordFile",
+    // NATS sink (caFile, certFile, keyFile above)
+    "maxOutstandingAcks",
+    "ackTimeoutMs",
+    "maxAgeSeconds",
+    "maxBytes",
+    "duplicateWindowSeconds",
+    "nkeySeed",
+    "credentialsFile",
 ];
 
 /// Fields whose environment value is a comma-separated list.

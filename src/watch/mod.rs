@@ -5,7 +5,7 @@
 //! ending. Its output is an ordered sequence of [`Item`]s on a bounded channel.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -19,12 +19,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::IndexEntry;
+use crate::checkpoint::{IndexEntry, StreamCheckpoint};
 use crate::cluster::api_resource;
 use crate::config::WatchConfig;
 use crate::event::{
     Change, ChangeType, Event, EventError, ObjectRef, Origin, RelistMarker, StreamId, TraceContext,
 };
+use crate::telemetry::{StreamMetrics, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -82,40 +83,20 @@ pub struct StreamSpec {
     pub initial: bool,
 }
 
-/// Readiness and last error of one stream, shared with whoever reports health.
-#[derive(Debug, Default)]
-pub struct StreamHealth {
-    inner: Mutex<HealthState>,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct HealthState {
-    /// The first list or resume has completed.
-    pub synced: bool,
-    pub error: Option<String>,
-    pub lists: u64,
-    pub watches: u64,
-}
-
-impl StreamHealth {
-    pub fn snapshot(&self) -> HealthState {
-        self.inner.lock().expect("health lock").clone()
-    }
-    fn update(&self, f: impl FnOnce(&mut HealthState)) {
-        f(&mut self.inner.lock().expect("health lock"))
-    }
-}
-
 #[derive(Deserialize)]
 struct RawList {
     metadata: kube::core::ListMeta,
     items: Vec<Value>,
 }
 
+/// The next request, and why it is made (the `cause` label of `kubewire_watch_starts`).
 enum Step {
-    List,
-    Watch,
+    List(&'static str),
+    Watch(&'static str),
 }
+
+/// How long a loop may wait on a full pipeline before it shows a sign of life again.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 pub struct WatchLoop {
     client: kube::Client,
@@ -129,7 +110,10 @@ pub struct WatchLoop {
     resource_version: Option<String>,
     /// Whether a checkpoint existed: a list is then a relist, with a marker.
     had_checkpoint: bool,
-    health: Arc<StreamHealth>,
+    telemetry: Arc<Telemetry>,
+    metrics: StreamMetrics,
+    /// The stream's display name: its key in health reports.
+    name: String,
 }
 
 impl WatchLoop {
@@ -137,24 +121,31 @@ impl WatchLoop {
         client: kube::Client,
         spec: StreamSpec,
         settings: WatchConfig,
-        resource_version: Option<String>,
-        index: HashMap<String, IndexEntry>,
+        checkpoint: StreamCheckpoint,
         tx: mpsc::Sender<Item>,
-        health: Arc<StreamHealth>,
+        telemetry: Arc<Telemetry>,
+        metrics: StreamMetrics,
     ) -> Self {
         let ar = api_resource(&spec.id.resource);
         let url_path = DynamicObject::url_path(&ar, spec.id.namespace.as_deref());
+        let name = spec.id.to_string();
         Self {
             client,
-            had_checkpoint: resource_version.is_some(),
+            had_checkpoint: checkpoint.resource_version.is_some(),
             spec,
             settings,
             url_path,
             tx,
-            index,
-            resource_version,
-            health,
+            index: checkpoint.index,
+            resource_version: checkpoint.resource_version,
+            name,
+            telemetry,
+            metrics,
         }
+    }
+
+    fn health(&self, f: impl FnOnce(&mut crate::telemetry::StreamState)) {
+        self.telemetry.health.update(&self.name, f);
     }
 
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
@@ -169,11 +160,13 @@ impl WatchLoop {
     /// Runs until cancelled or until the pipeline closes. Errors never end it.
     pub async fn run(mut self, cancel: CancellationToken) {
         let stream = self.spec.id.to_string();
+        self.health(|_| {});
+        self.metrics.tracked.set(self.index.len() as i64);
         let mut step = if self.resource_version.is_some() {
             tracing::info!(%stream, resource_version = ?self.resource_version, "resuming from checkpoint");
-            Step::Watch
+            Step::Watch("resume")
         } else {
-            Step::List
+            Step::List("initial")
         };
         let mut backoff = self.backoff();
         let mut last_error: Option<String> = None;
@@ -189,10 +182,6 @@ impl WatchLoop {
                     if let Some(e) = last_error.take() {
                         tracing::info!(%stream, previous_error = %e, "stream recovered");
                     }
-                    self.health.update(|h| {
-                        h.synced = true;
-                        h.error = None;
-                    });
                     if healthy_since.elapsed() >= healthy_reset {
                         backoff = self.backoff();
                     }
@@ -200,7 +189,7 @@ impl WatchLoop {
                 }
                 Err(WatchError::Gone) => {
                     tracing::info!(%stream, resource_version = ?self.resource_version, "410 Gone: relisting");
-                    step = Step::List;
+                    step = Step::List("relist");
                 }
                 Err(WatchError::Closed) => return,
                 Err(e) => {
@@ -210,7 +199,12 @@ impl WatchLoop {
                         tracing::error!(%stream, error = %msg, "stream failing; retrying with backoff");
                         last_error = Some(msg.clone());
                     }
-                    self.health.update(|h| h.error = Some(msg));
+                    self.health(|h| h.error = Some(msg));
+                    self.metrics.ready(false);
+                    step = match step {
+                        Step::List(c) => Step::List(c),
+                        Step::Watch(_) => Step::Watch("error"),
+                    };
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                     healthy_since = Instant::now() + delay;
                     tokio::select! {
@@ -223,9 +217,15 @@ impl WatchLoop {
     }
 
     async fn step(&mut self, step: &Step) -> Result<Step, WatchError> {
-        match step {
-            Step::List => self.list().await,
-            Step::Watch => self.watch().await,
+        match *step {
+            Step::List(cause) => {
+                self.metrics.watch_start(cause);
+                self.list().await
+            }
+            Step::Watch(cause) => {
+                self.metrics.watch_start(cause);
+                self.watch().await
+            }
         }
     }
 
@@ -256,8 +256,29 @@ impl WatchLoop {
         }
     }
 
+    /// Waits for room in the pipeline (the backpressure), showing signs of life meanwhile so
+    /// that a slow sink is not mistaken for a wedged loop.
     async fn send(&self, item: Item) -> Result<(), WatchError> {
-        self.tx.send(item).await.map_err(|_| WatchError::Closed)
+        loop {
+            match tokio::time::timeout(HEARTBEAT, self.tx.reserve()).await {
+                Ok(Ok(permit)) => {
+                    permit.send(item);
+                    return Ok(());
+                }
+                Ok(Err(_)) => return Err(WatchError::Closed),
+                Err(_) => self.health(|_| {}),
+            }
+        }
+    }
+
+    /// Records one API request's outcome and latency.
+    fn observe_request<T>(&self, verb: &str, started: Instant, r: &Result<T, kube::Error>) {
+        let code = match r {
+            Ok(_) => 200,
+            Err(kube::Error::Api(s)) => s.code,
+            Err(_) => 0,
+        };
+        self.metrics.api_request(verb, code, started.elapsed());
     }
 
     fn list_params(&self) -> ListParams {
@@ -277,7 +298,10 @@ impl WatchLoop {
     async fn list(&mut self) -> Result<Step, WatchError> {
         let relist = self.had_checkpoint;
         tracing::info!(stream = %self.spec.id, relist, "listing");
-        self.health.update(|h| h.lists += 1);
+        self.metrics.initial_sync("listed", 0);
+        self.metrics.initial_sync("published", 0);
+        let mut listed = 0i64;
+        let mut last_progress = Instant::now();
         let origin = if relist {
             Origin::Relist
         } else {
@@ -294,11 +318,17 @@ impl WatchLoop {
                 lp = lp.continue_token(c);
             }
             let req = Request::new(&self.url_path).list(&lp)?;
-            let page: RawList = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| self.api_error("list", e))?;
+            let started = Instant::now();
+            let page = self.client.request::<RawList>(req).await;
+            self.observe_request("list", started, &page);
+            let page = page.map_err(|e| self.api_error("list", e))?;
+            listed += page.items.len() as i64;
+            self.metrics.initial_sync("listed", listed);
+            self.health(|_| {});
+            if last_progress.elapsed() >= Duration::from_secs(5) {
+                tracing::info!(stream = %self.spec.id, listed, "list in progress");
+                last_progress = Instant::now();
+            }
             for mut obj in page.items {
                 let r = ObjectRef::from_object(&obj).map_err(|source| WatchError::BadObject {
                     stream: self.spec.id.to_string(),
@@ -382,6 +412,7 @@ impl WatchLoop {
                 trace: TraceContext::random(),
             };
             tracing::info!(stream = %self.spec.id, from = ?marker.from_resource_version, to = %list_rv, added, modified, deleted, unchanged, "relisted");
+            self.metrics.relisted(added, modified, deleted);
             self.send(Item::Event {
                 event: Box::new(Event::Relisted(marker)),
                 publish: true,
@@ -396,9 +427,16 @@ impl WatchLoop {
             self.send(item).await?;
         }
         self.send(Item::Advance(list_rv.clone())).await?;
+        self.metrics.event_seen(&list_rv);
+        self.metrics.tracked.set(self.index.len() as i64);
         self.resource_version = Some(list_rv);
         self.had_checkpoint = true;
-        Ok(Step::Watch)
+        self.health(|h| {
+            h.synced = true;
+            h.error = None;
+        });
+        self.metrics.ready(true);
+        Ok(Step::Watch("after-list"))
     }
 
     /// Builds the item for one change and records it in the sent-index.
@@ -454,30 +492,29 @@ impl WatchLoop {
         }
         let req = Request::new(&self.url_path).watch(&wp, &rv)?;
         tracing::debug!(stream = %self.spec.id, resource_version = %rv, "watching");
-        self.health.update(|h| h.watches += 1);
-        let events = self
-            .client
-            .request_events::<Value>(req)
-            .await
-            .map_err(|e| self.api_error("watch", e))?;
+        let started = Instant::now();
+        let events = self.client.request_events::<Value>(req).await;
+        self.observe_request("watch", started, &events);
+        let events = events.map_err(|e| self.api_error("watch", e))?;
         // The request succeeded: the stream is synced up to the resumed version.
-        self.health.update(|h| {
+        self.health(|h| {
             h.synced = true;
             h.error = None;
         });
+        self.metrics.ready(true);
         futures::pin_mut!(events);
         let idle = Duration::from_secs(self.settings.idle_timeout_seconds.into());
         loop {
             let next = match tokio::time::timeout(idle, events.try_next()).await {
                 Err(_) => {
                     tracing::warn!(stream = %self.spec.id, "watch silent past its idle timeout; restarting it");
-                    return Ok(Step::Watch);
+                    return Ok(Step::Watch("idle"));
                 }
                 Ok(r) => r.map_err(|e| self.api_error("watch", e))?,
             };
             let Some(ev) = next else {
                 // The server ended the watch (its timeout): resume where we are.
-                return Ok(Step::Watch);
+                return Ok(Step::Watch("timeout"));
             };
             let (change, obj) = match ev {
                 WatchEvent::Added(o) => (ChangeType::Added, o),
@@ -485,6 +522,7 @@ impl WatchLoop {
                 WatchEvent::Deleted(o) => (ChangeType::Deleted, o),
                 WatchEvent::Bookmark(b) => {
                     let rv = b.metadata.resource_version;
+                    self.health(|_| {});
                     self.resource_version = Some(rv.clone());
                     self.send(Item::Advance(rv)).await?;
                     continue;
@@ -505,8 +543,11 @@ impl WatchLoop {
                 source,
             })?;
             let rv = r.resource_version.clone();
+            self.metrics.event_seen(&rv);
+            self.health(|_| {});
             let publish = self.spec.events.contains(&change);
             let item = self.change_item(change, Origin::Watch, r, obj, publish, Some(rv.clone()));
+            self.metrics.tracked.set(self.index.len() as i64);
             self.resource_version = Some(rv);
             self.send(item).await?;
         }

@@ -29,12 +29,34 @@ impl Kubewire {
 
     /// As [`Kubewire::start`], with extra top-level YAML (e.g. a `clusters:` block).
     pub fn start_with(dir: &Path, resources_yaml: &str, extra_yaml: &str) -> Self {
+        Self::start_full(dir, resources_yaml, None, extra_yaml)
+    }
+
+    /// As [`Kubewire::start`], with another `sink:` block instead of the file sink, e.g.
+    /// `"sink:\n  type: nats\n  url: nats://..."` (top-level YAML, newline-terminated).
+    /// [`Kubewire::events`] then reads nothing: read the events from the sink.
+    pub fn start_with_sink(dir: &Path, resources_yaml: &str, sink_yaml: &str) -> Self {
+        Self::start_full(dir, resources_yaml, Some(sink_yaml), "")
+    }
+
+    /// Writes the config (`sink_yaml` or the file sink) and starts kubewire.
+    pub fn start_full(
+        dir: &Path,
+        resources_yaml: &str,
+        sink_yaml: Option<&str>,
+        extra_yaml: &str,
+    ) -> Self {
+        let file_sink = format!(
+            "sink:\n  type: file\n  path: {}\n",
+            dir.join("events.jsonl").display()
+        );
+        let sink = sink_yaml.unwrap_or(&file_sink);
         let config = format!(
             "resources:\n{resources_yaml}\n\
-             sink:\n  type: file\n  path: {out}\n\
+             {sink}\
              checkpoint:\n  path: {cp}\n  commitIntervalMs: 100\n\
-             log:\n  format: json\n  level: info,kubewire=debug\n{extra_yaml}",
-            out = dir.join("events.jsonl").display(),
+             log:\n  format: json\n  level: info,kubewire=debug\n\
+             admin:\n  address: 127.0.0.1:0\n{extra_yaml}",
             cp = dir.join("checkpoint.redb").display(),
         );
         std::fs::write(dir.join("config.yaml"), config).unwrap();
@@ -144,9 +166,27 @@ impl Kubewire {
         .await
     }
 
+    /// The admin server's address of run `run` (it listens on a free port).
+    pub async fn admin_address(&self, run: u32) -> String {
+        self.wait_log(
+            30,
+            run,
+            "admin server listening (/metrics /healthz /readyz)",
+            1,
+        )
+        .await;
+        self.log_messages(run, "admin server listening (/metrics /healthz /readyz)")[0]["address"]
+            .as_str()
+            .expect("address field")
+            .to_owned()
+    }
+
     /// Waits until run `run` has logged `message` at least `count` times.
     pub async fn wait_log(&self, secs: u64, run: u32, message: &str, count: usize) {
-        let what = format!("{count}× log {message:?} in run {run} ({})", self.dir.display());
+        let what = format!(
+            "{count}× log {message:?} in run {run} ({})",
+            self.dir.display()
+        );
         common::eventually(secs, &what, || async {
             (self.log_messages(run, message).len() >= count).then_some(())
         })
@@ -167,7 +207,11 @@ impl Drop for Kubewire {
 pub fn object_events<'a>(events: &'a [Value], ns: &str, name: &str) -> Vec<&'a Value> {
     events
         .iter()
-        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("io.kubewire.object.")))
+        .filter(|e| {
+            e["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("io.kubewire.object."))
+        })
         .filter(|e| e["k8snamespace"] == ns && e["k8sname"] == name)
         .collect()
 }
@@ -185,7 +229,10 @@ pub fn replay(events: &[Value]) -> BTreeMap<String, String> {
     let mut state = BTreeMap::new();
     for e in events {
         let uid = e["k8suid"].as_str().unwrap_or_default().to_owned();
-        let rv = e["k8sresourceversion"].as_str().unwrap_or_default().to_owned();
+        let rv = e["k8sresourceversion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         match change(e) {
             "added" | "modified" => {
                 state.insert(uid, rv);
@@ -208,7 +255,14 @@ pub fn check_duplicates(events: &[Value]) -> usize {
         let id = e["id"].as_str().expect("every event has an id");
         if let Some(first) = seen.insert(id, e) {
             dups += 1;
-            for f in ["type", "k8suid", "k8sresourceversion", "k8snamespace", "k8sname", "data"] {
+            for f in [
+                "type",
+                "k8suid",
+                "k8sresourceversion",
+                "k8snamespace",
+                "k8sname",
+                "data",
+            ] {
                 assert_eq!(first[f], e[f], "duplicate id {id} differs in {f}");
             }
         }
@@ -217,7 +271,10 @@ pub fn check_duplicates(events: &[Value]) -> usize {
 }
 
 /// uid → resourceVersion of the ConfigMaps in `namespaces`, listed from the API server.
-pub async fn cluster_configmaps(client: &kube::Client, namespaces: &[&str]) -> BTreeMap<String, String> {
+pub async fn cluster_configmaps(
+    client: &kube::Client,
+    namespaces: &[&str],
+) -> BTreeMap<String, String> {
     use k8s_openapi::api::core::v1::ConfigMap;
     let mut out = BTreeMap::new();
     for ns in namespaces {
@@ -236,16 +293,45 @@ pub async fn cluster_configmaps(client: &kube::Client, namespaces: &[&str]) -> B
 pub async fn create_namespace(client: &kube::Client, name: &str) {
     use k8s_openapi::api::core::v1::Namespace;
     let api: kube::Api<Namespace> = kube::Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
     api.create(&Default::default(), &ns).await.unwrap();
 }
 
 /// A ConfigMap of about `size` bytes of data.
-pub fn configmap(name: &str, labels: &[(&str, &str)], value: &str) -> k8s_openapi::api::core::v1::ConfigMap {
-    let labels: BTreeMap<_, _> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+pub fn configmap(
+    name: &str,
+    labels: &[(&str, &str)],
+    value: &str,
+) -> k8s_openapi::api::core::v1::ConfigMap {
+    let labels: BTreeMap<_, _> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": labels},
         "data": {"value": value}
     }))
     .unwrap()
+}
+
+/// `GET http://<address><path>` → (status code, body). HTTP/1.0, so the server closes the
+/// connection after the response.
+pub async fn http_get(address: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect admin server");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").expect("an HTTP response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, body.to_owned())
 }

@@ -1,0 +1,579 @@
+//! The observation stage: Prometheus metrics of every other stage, the health of every
+//! stream and of the sink, and the admin HTTP server that serves them (`/metrics`,
+//! `/healthz`, `/readyz`). Nothing here is on the data path's critical section: metric
+//! handles are resolved once per stream and updated with atomics.
+
+mod admin;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub use admin::serve;
+
+use crate::event::StreamId;
+use crate::sink::{Sink, SinkHealth};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("admin server cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Labels of everything per stream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub cluster: String,
+    pub resource: String,
+    /// Empty for all namespaces / cluster-scoped.
+    pub namespace: String,
+}
+
+impl StreamLabels {
+    pub fn of(id: &StreamId) -> Self {
+        Self {
+            cluster: id.cluster.clone(),
+            resource: id.resource.qualified_name(),
+            namespace: id.namespace.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublishedLabels {
+    cluster: String,
+    resource: String,
+    namespace: String,
+    r#type: String,
+    origin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cluster: String,
+    resource: String,
+    namespace: String,
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChangeLabels {
+    cluster: String,
+    resource: String,
+    namespace: String,
+    change: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    cluster: String,
+    resource: String,
+    namespace: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkErrorLabels {
+    sink: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    cluster: String,
+    verb: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiVerbLabels {
+    cluster: String,
+    verb: String,
+}
+
+/// Every metric kubewire exports (documented in docs/metrics.md).
+pub struct Metrics {
+    registry: Registry,
+    published: Family<PublishedLabels, Counter>,
+    sink_acks: Family<SinkLabels, Counter>,
+    sink_errors: Family<SinkErrorLabels, Counter>,
+    sink_latency: Family<SinkLabels, Histogram>,
+    sink_up: Family<SinkLabels, Gauge>,
+    watch_starts: Family<CauseLabels, Counter>,
+    relists: Family<StreamLabels, Counter>,
+    reconciled: Family<ChangeLabels, Counter>,
+    last_event: Family<StreamLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    last_checkpoint: Family<StreamLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    checkpoint_lag: Family<StreamLabels, Gauge>,
+    in_flight: Family<StreamLabels, Gauge>,
+    tracked: Family<StreamLabels, Gauge>,
+    initial_sync: Family<StateLabels, Gauge>,
+    stream_ready: Family<StreamLabels, Gauge>,
+    api_requests: Family<ApiLabels, Counter>,
+    api_latency: Family<ApiVerbLabels, Histogram>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("kubewire");
+        let m = Self {
+            published: Family::default(),
+            sink_acks: Family::default(),
+            sink_errors: Family::default(),
+            sink_latency: Family::new_with_constructor(latency_histogram),
+            sink_up: Family::default(),
+            watch_starts: Family::default(),
+            relists: Family::default(),
+            reconciled: Family::default(),
+            last_event: Family::default(),
+            last_checkpoint: Family::default(),
+            checkpoint_lag: Family::default(),
+            in_flight: Family::default(),
+            tracked: Family::default(),
+            initial_sync: Family::default(),
+            stream_ready: Family::default(),
+            api_requests: Family::default(),
+            api_latency: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events_published",
+            "Events acknowledged by the sink, by cluster, resource, namespace, type and origin",
+            m.published.clone(),
+        );
+        registry.register(
+            "sink_acks",
+            "Acknowledgements received from the sink",
+            m.sink_acks.clone(),
+        );
+        registry.register(
+            "sink_errors",
+            "Sink errors by kind (rejected, send, unavailable)",
+            m.sink_errors.clone(),
+        );
+        registry.register(
+            "sink_publish_latency_seconds",
+            "Time from handing an event to the sink to its acknowledgement",
+            m.sink_latency.clone(),
+        );
+        registry.register(
+            "sink_up",
+            "1 while the sink reaches its destination",
+            m.sink_up.clone(),
+        );
+        registry.register("watch_starts", "Watch and list requests started, by cause (initial, resume, relist, timeout, idle, error)", m.watch_starts.clone());
+        registry.register(
+            "relists",
+            "Reconciling relists (after 410 Gone)",
+            m.relists.clone(),
+        );
+        registry.register(
+            "relist_objects_reconciled",
+            "Objects a relist published, by change (added, modified, deleted)",
+            m.reconciled.clone(),
+        );
+        registry.register(
+            "stream_last_event_timestamp_seconds",
+            "Unix time of the last event a stream received from the API server",
+            m.last_event.clone(),
+        );
+        registry.register(
+            "stream_last_checkpoint_timestamp_seconds",
+            "Unix time of a stream's last checkpoint commit",
+            m.last_checkpoint.clone(),
+        );
+        registry.register(
+            "checkpoint_lag_resource_versions",
+            "Latest resourceVersion seen minus the checkpointed one (etcd revisions)",
+            m.checkpoint_lag.clone(),
+        );
+        registry.register(
+            "events_in_flight",
+            "Events handed to the sink and not yet acknowledged",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "objects_tracked",
+            "Objects in a stream's index (what was last published)",
+            m.tracked.clone(),
+        );
+        registry.register(
+            "initial_sync_objects",
+            "Objects of a stream's current list, by state (listed, published)",
+            m.initial_sync.clone(),
+        );
+        registry.register(
+            "stream_ready",
+            "1 once a stream completed its first sync and is not failing",
+            m.stream_ready.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Kubernetes API requests by cluster, verb and HTTP code",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "Kubernetes API request latency by verb (watch: until the stream opened)",
+            m.api_latency.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+impl Metrics {
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Handles for one stream, resolved once. Its counters start at zero so that `rate()`
+    /// and `increase()` see their first increment.
+    pub fn stream(self: &Arc<Self>, id: &StreamId) -> StreamMetrics {
+        let l = StreamLabels::of(id);
+        self.relists.get_or_create(&l);
+        for change in ["added", "modified", "deleted"] {
+            self.reconciled.get_or_create(&ChangeLabels {
+                cluster: l.cluster.clone(),
+                resource: l.resource.clone(),
+                namespace: l.namespace.clone(),
+                change: change.into(),
+            });
+        }
+        StreamMetrics {
+            metrics: self.clone(),
+            in_flight: self.in_flight.get_or_create(&l).clone(),
+            tracked: self.tracked.get_or_create(&l).clone(),
+            checkpoint_lag: self.checkpoint_lag.get_or_create(&l).clone(),
+            seen_rv: Arc::new(AtomicI64::new(0)),
+            labels: l,
+        }
+    }
+
+    /// Creates the sink's counters at zero.
+    pub fn init_sink(&self, sink: &str) {
+        for kind in ["send", "rejected"] {
+            self.sink_errors.get_or_create(&SinkErrorLabels {
+                sink: sink.into(),
+                kind: kind.into(),
+            });
+        }
+        self.sink_acks.get_or_create(&SinkLabels { sink: sink.into() });
+    }
+
+    pub fn sink_up(&self, sink: &str, up: bool) {
+        self.sink_up
+            .get_or_create(&SinkLabels { sink: sink.into() })
+            .set(up as i64);
+    }
+
+    pub fn sink_error(&self, sink: &str, kind: &str) {
+        self.sink_errors
+            .get_or_create(&SinkErrorLabels {
+                sink: sink.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    pub fn sink_ack(&self, sink: &str, latency: Duration) {
+        let l = SinkLabels { sink: sink.into() };
+        self.sink_acks.get_or_create(&l).inc();
+        self.sink_latency
+            .get_or_create(&l)
+            .observe(latency.as_secs_f64());
+    }
+
+    pub fn api_request(&self, cluster: &str, verb: &str, code: u16, latency: Duration) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                cluster: cluster.into(),
+                verb: verb.into(),
+                code: code.to_string(),
+            })
+            .inc();
+        self.api_latency
+            .get_or_create(&ApiVerbLabels {
+                cluster: cluster.into(),
+                verb: verb.into(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+}
+
+/// One stream's metric handles.
+#[derive(Clone)]
+pub struct StreamMetrics {
+    metrics: Arc<Metrics>,
+    labels: StreamLabels,
+    pub in_flight: Gauge,
+    pub tracked: Gauge,
+    checkpoint_lag: Gauge,
+    /// The newest resourceVersion seen (as an etcd revision), for the lag gauge.
+    seen_rv: Arc<AtomicI64>,
+}
+
+impl StreamMetrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn published(&self, change: &str, origin: &str) {
+        let l = &self.labels;
+        self.metrics
+            .published
+            .get_or_create(&PublishedLabels {
+                cluster: l.cluster.clone(),
+                resource: l.resource.clone(),
+                namespace: l.namespace.clone(),
+                r#type: change.into(),
+                origin: origin.into(),
+            })
+            .inc();
+    }
+
+    pub fn watch_start(&self, cause: &str) {
+        let l = &self.labels;
+        self.metrics
+            .watch_starts
+            .get_or_create(&CauseLabels {
+                cluster: l.cluster.clone(),
+                resource: l.resource.clone(),
+                namespace: l.namespace.clone(),
+                cause: cause.into(),
+            })
+            .inc();
+    }
+
+    pub fn relisted(&self, added: u64, modified: u64, deleted: u64) {
+        let l = &self.labels;
+        self.metrics.relists.get_or_create(l).inc();
+        for (change, n) in [
+            ("added", added),
+            ("modified", modified),
+            ("deleted", deleted),
+        ] {
+            self.metrics
+                .reconciled
+                .get_or_create(&ChangeLabels {
+                    cluster: l.cluster.clone(),
+                    resource: l.resource.clone(),
+                    namespace: l.namespace.clone(),
+                    change: change.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// An event arrived from the API server at `rv`.
+    pub fn event_seen(&self, rv: &str) {
+        self.metrics
+            .last_event
+            .get_or_create(&self.labels)
+            .set(now_secs());
+        if let Ok(v) = rv.parse::<i64>() {
+            self.seen_rv.fetch_max(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The checkpoint was committed at `rv`.
+    pub fn checkpointed(&self, rv: Option<&str>) {
+        self.metrics
+            .last_checkpoint
+            .get_or_create(&self.labels)
+            .set(now_secs());
+        if let Some(v) = rv.and_then(|r| r.parse::<i64>().ok()) {
+            let seen = self.seen_rv.fetch_max(v, Ordering::Relaxed).max(v);
+            self.checkpoint_lag.set(seen - v);
+        }
+    }
+
+    pub fn initial_sync(&self, state: &str, n: i64) {
+        let l = &self.labels;
+        self.metrics
+            .initial_sync
+            .get_or_create(&StateLabels {
+                cluster: l.cluster.clone(),
+                resource: l.resource.clone(),
+                namespace: l.namespace.clone(),
+                state: state.into(),
+            })
+            .set(n);
+    }
+
+    pub fn initial_sync_add(&self, state: &str) {
+        let l = &self.labels;
+        self.metrics
+            .initial_sync
+            .get_or_create(&StateLabels {
+                cluster: l.cluster.clone(),
+                resource: l.resource.clone(),
+                namespace: l.namespace.clone(),
+                state: state.into(),
+            })
+            .inc();
+    }
+
+    pub fn ready(&self, ready: bool) {
+        self.metrics
+            .stream_ready
+            .get_or_create(&self.labels)
+            .set(ready as i64);
+    }
+
+    pub fn api_request(&self, verb: &str, code: u16, latency: Duration) {
+        self.metrics
+            .api_request(&self.labels.cluster, verb, code, latency);
+    }
+}
+
+/// What /readyz and /healthz look at: every stream's state and the sink.
+#[derive(Default)]
+pub struct Health {
+    streams: Mutex<BTreeMap<String, StreamState>>,
+    sink: Mutex<Option<Arc<dyn Sink>>>,
+}
+
+/// One stream's state as far as health goes.
+#[derive(Clone, Debug, Default)]
+pub struct StreamState {
+    /// The first list or resume completed.
+    pub synced: bool,
+    /// Why the stream is failing right now, if it is.
+    pub error: Option<String>,
+    /// Unix seconds of the loop's last sign of life.
+    pub heartbeat: f64,
+}
+
+impl Health {
+    pub fn set_sink(&self, sink: Arc<dyn Sink>) {
+        *self.sink.lock().expect("health lock") = Some(sink);
+    }
+
+    /// Records a stream's state under `name` (its display form).
+    pub fn update(&self, name: &str, f: impl FnOnce(&mut StreamState)) {
+        let mut streams = self.streams.lock().expect("health lock");
+        let s = streams.entry(name.to_owned()).or_default();
+        f(s);
+        s.heartbeat = now_secs();
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.streams.lock().expect("health lock").remove(name);
+    }
+
+    /// `Ok(body)` when every stream is synced and not failing and the sink is up; else the
+    /// list of what is not ready and why.
+    pub fn readiness(&self) -> Result<String, String> {
+        let mut problems = Vec::new();
+        let streams = self.streams.lock().expect("health lock").clone();
+        if streams.is_empty() {
+            problems.push("no stream started yet".to_owned());
+        }
+        for (name, s) in &streams {
+            match (&s.error, s.synced) {
+                (Some(e), _) => problems.push(format!("stream {name}: {e}")),
+                (None, false) => problems.push(format!("stream {name}: first sync not complete")),
+                (None, true) => {}
+            }
+        }
+        if let Some(sink) = self.sink.lock().expect("health lock").as_ref()
+            && let SinkHealth::Down(why) = sink.health()
+        {
+            problems.push(format!("sink {}: down: {why}", sink.name()));
+        }
+        if problems.is_empty() {
+            Ok(format!("ready: {} streams, sink up\n", streams.len()))
+        } else {
+            Err(problems.join("\n") + "\n")
+        }
+    }
+
+    /// Streams whose loop showed no sign of life for longer than `limit`.
+    pub fn wedged(&self, limit: Duration) -> Vec<String> {
+        let now = now_secs();
+        self.streams
+            .lock()
+            .expect("health lock")
+            .iter()
+            .filter(|(_, s)| now - s.heartbeat > limit.as_secs_f64())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+/// What the stages share: metrics and health.
+#[derive(Default)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub health: Health,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_the_stream_that_is_not_ready_and_why() {
+        let h = Health::default();
+        assert!(h.readiness().unwrap_err().contains("no stream started"));
+        h.update("default/configmaps", |s| s.synced = true);
+        h.update("default/secrets in x", |s| {
+            s.error = Some("403 Forbidden".into())
+        });
+        let body = h.readiness().unwrap_err();
+        assert_eq!(body, "stream default/secrets in x: 403 Forbidden\n");
+        h.update("default/secrets in x", |s| {
+            s.error = None;
+            s.synced = true;
+        });
+        assert!(h.readiness().is_ok());
+    }
+
+    #[test]
+    fn metrics_encode_with_the_kubewire_prefix() {
+        let m = Arc::new(Metrics::default());
+        m.sink_ack("file", Duration::from_millis(3));
+        let text = m.encode();
+        assert!(
+            text.contains("kubewire_sink_acks_total{sink=\"file\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubewire_sink_publish_latency_seconds_bucket"),
+            "{text}"
+        );
+    }
+}
