@@ -1,11 +1,511 @@
-//! Settings of the NATS sink (`sink.type: nats`).
+//! Settings of the NATS sink (`sink.type: nats`). Checked by `validate_nats` in
+//! `validate.rs`; the subject template's syntax is owned by `crate::sink::nats::subject`.
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::Problem;
+
+/// The default subject template: one subject per object.
+pub const DEFAULT_SUBJECT: &str = "kubewire.{cluster}.{group}.{kind}.{namespace}.{name}";
+
 /// The NATS sink.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct NatsSinkConfig {
-    /// Server URL(s), e.g. `nats://127.0.0.1:4222`.
+    /// Server URL(s), comma-separated, e.g. `nats://127.0.0.1:4222` or
+    /// `tls://a:4222,tls://b:4222`. Required.
     pub url: String,
+    /// `true` (default): publish to JetStream and wait for each PubAck (at-least-once, server
+    /// de-duplication by `Nats-Msg-Id`). `false`: core NATS, fire-and-forget, **at most
+    /// once** (an event published while the connection is down or with no subscriber is
+    /// lost).
+    #[serde(deserialize_with = "lenient::boolean")]
+    pub jetstream: bool,
+    /// Subject template over `{cluster}`, `{group}`, `{version}`, `{kind}`, `{resource}`,
+    /// `{namespace}` and `{name}`; each placeholder stands for one escaped token (see
+    /// `docs/sinks.md`). Must contain `{namespace}` and `{name}` (one object, one subject).
+    /// Default: `kubewire.{cluster}.{group}.{kind}.{namespace}.{name}`.
+    pub subject: String,
+    /// The JetStream stream that stores the events (JetStream mode only).
+    pub stream: NatsStreamConfig,
+    /// Most publishes waiting for their PubAck at once (the pipelining window, over all
+    /// streams); when full, `send` waits (backpressure). Default: 1024.
+    #[serde(deserialize_with = "lenient::number")]
+    pub max_outstanding_acks: usize,
+    /// How long to wait for one PubAck before publishing the event again (same
+    /// `Nats-Msg-Id`), in milliseconds. Default: 5000.
+    #[serde(deserialize_with = "lenient::number")]
+    pub ack_timeout_ms: u64,
+    /// Authentication; omitted: none.
+    pub auth: NatsAuthConfig,
+    /// TLS; omitted: TLS only if the URL says `tls://` or the server requires it, trusting
+    /// the system roots.
+    pub tls: NatsTlsConfig,
+}
+
+impl Default for NatsSinkConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            jetstream: true,
+            subject: DEFAULT_SUBJECT.into(),
+            stream: NatsStreamConfig::default(),
+            max_outstanding_acks: 1024,
+            ack_timeout_ms: 5000,
+            auth: NatsAuthConfig::default(),
+            tls: NatsTlsConfig::default(),
+        }
+    }
+}
+
+/// The JetStream stream events are published to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct NatsStreamConfig {
+    /// Stream name (no spaces, `.`, `*`, `>`). Default: `KUBEWIRE`.
+    pub name: String,
+    /// `true`: create the stream, or update it to these settings, at start-up. `false`
+    /// (default): it must exist, and cover the subject template, or kubewire does not start.
+    #[serde(deserialize_with = "lenient::boolean")]
+    pub create: bool,
+    /// Subjects of a created stream. Default (empty): the subject template with every
+    /// placeholder token replaced by `*`, e.g. `kubewire.*.*.*.*.*`.
+    pub subjects: Vec<String>,
+    /// Storage of a created stream: `file` (default) or `memory`.
+    pub storage: NatsStorage,
+    /// Retention of a created stream: `limits` (default), `interest` or `workqueue`.
+    pub retention: NatsRetention,
+    /// Oldest message age kept by a created stream, in seconds; 0 (default): unlimited.
+    #[serde(deserialize_with = "lenient::number")]
+    pub max_age_seconds: u64,
+    /// Size limit of a created stream in bytes; 0 (default): unlimited.
+    #[serde(deserialize_with = "lenient::number")]
+    pub max_bytes: u64,
+    /// De-duplication window of a created stream, in seconds: a message whose `Nats-Msg-Id`
+    /// was stored less than this long ago is dropped. Must cover a restart of kubewire plus
+    /// the checkpoint commit interval (see `docs/sinks.md`). Default: 600.
+    #[serde(deserialize_with = "lenient::number")]
+    pub duplicate_window_seconds: u64,
+    /// Replicas of a created stream (1 to 5). Default: 1.
+    #[serde(deserialize_with = "lenient::number")]
+    pub replicas: usize,
+}
+
+impl Default for NatsStreamConfig {
+    fn default() -> Self {
+        Self {
+            name: "KUBEWIRE".into(),
+            create: false,
+            subjects: Vec::new(),
+            storage: NatsStorage::File,
+            retention: NatsRetention::Limits,
+            max_age_seconds: 0,
+            max_bytes: 0,
+            duplicate_window_seconds: 600,
+            replicas: 1,
+        }
+    }
+}
+
+/// Where a created JetStream stream keeps its messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsStorage {
+    /// On disk (survives a server restart).
+    #[default]
+    File,
+    /// In memory only.
+    Memory,
+}
+
+/// When a created JetStream stream discards messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsRetention {
+    /// Until a limit (age, bytes) is reached.
+    #[default]
+    Limits,
+    /// While some consumer is interested.
+    Interest,
+    /// Until one consumer acknowledges it.
+    Workqueue,
+}
+
+/// A secret, read from an environment variable or a file (never written in the config).
+/// Exactly one of `env` and `file`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the environment variable holding the secret.
+    pub env: Option<String>,
+    /// File holding the secret (surrounding whitespace is trimmed).
+    pub file: Option<PathBuf>,
+}
+
+impl SecretRef {
+    /// Reads the secret; `Err` says which variable or file failed.
+    pub fn read(&self) -> Result<String, String> {
+        match (&self.env, &self.file) {
+            (Some(var), None) => std::env::var(var)
+                .map_err(|e| format!("environment variable {var}: {e}"))
+                .map(|v| v.trim().to_owned()),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .map(|v| v.trim().to_owned()),
+            _ => Err("exactly one of env and file must be set".into()),
+        }
+    }
+}
+
+/// NATS authentication: at most one of token, user/password, NKey seed, credentials file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct NatsAuthConfig {
+    /// Token authentication.
+    pub token: Option<SecretRef>,
+    /// User name for user/password authentication (with `password`).
+    pub user: Option<String>,
+    /// Password for user/password authentication (with `user`).
+    pub password: Option<SecretRef>,
+    /// NKey seed (`SU...`) for NKey authentication.
+    pub nkey_seed: Option<SecretRef>,
+    /// A `.creds` file (user JWT and NKey seed), for decentralised JWT authentication.
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// TLS to the NATS server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct NatsTlsConfig {
+    /// Require TLS even if the URL says `nats://`. Default: false.
+    #[serde(deserialize_with = "lenient::boolean")]
+    pub required: bool,
+    /// PEM file of the CA(s) to trust, in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (with `keyFile`), for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `certFile`.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Numbers and booleans also accepted as strings: `KUBEWIRE__SINK__...` overrides arrive as
+/// strings, and inside the internally tagged `sink` enum serde no longer lets the `config`
+/// crate convert them.
+mod lenient {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw<T> {
+        Typed(T),
+        Text(String),
+    }
+
+    pub fn number<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + std::str::FromStr,
+    {
+        match Raw::<T>::deserialize(d)? {
+            Raw::Typed(v) => Ok(v),
+            Raw::Text(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| D::Error::custom(format!("{s:?} is not a non-negative integer"))),
+        }
+    }
+
+    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        match Raw::<bool>::deserialize(d)? {
+            Raw::Typed(v) => Ok(v),
+            Raw::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(D::Error::custom(format!("{s:?} is not true or false"))),
+            },
+        }
+    }
+}
+
+impl NatsSinkConfig {
+    /// Every problem of these settings, with paths under `sink.` (called by
+    /// `Config::validate`).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut add = |path: &str, msg: String| p.push(Problem::new(format!("sink.{path}"), msg));
+        if self.url.trim().is_empty() {
+            add(
+                "url",
+                "must not be empty (e.g. nats://127.0.0.1:4222)".into(),
+            );
+        }
+        if let Err(e) = crate::sink::nats::subject::Template::parse(&self.subject) {
+            add("subject", format!("{:?} {e}", self.subject));
+        }
+        if self.max_outstanding_acks == 0 {
+            add("maxOutstandingAcks", "must be greater than 0".into());
+        }
+        if self.ack_timeout_ms == 0 {
+            add("ackTimeoutMs", "must be greater than 0".into());
+        }
+        if self.jetstream {
+            let s = &self.stream;
+            if s.name.is_empty()
+                || s.name.chars().any(|c| {
+                    matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control()
+                })
+            {
+                add(
+                    "stream.name",
+                    format!(
+                        "{:?} is not a valid stream name (no spaces, '.', '*', '>', '/')",
+                        s.name
+                    ),
+                );
+            }
+            for (i, subj) in s.subjects.iter().enumerate() {
+                let tokens_ok = !subj.is_empty()
+                    && subj.split('.').enumerate().all(|(j, t)| {
+                        t == "*"
+                            || (t == ">" && j == subj.split('.').count() - 1)
+                            || crate::sink::nats::subject::is_valid_token(t)
+                    });
+                if !tokens_ok {
+                    add(
+                        &format!("stream.subjects[{i}]"),
+                        format!("{subj:?} is not a valid subject filter"),
+                    );
+                }
+            }
+            if !(1..=5).contains(&s.replicas) {
+                add("stream.replicas", format!("{} must be 1 to 5", s.replicas));
+            }
+        }
+        let a = &self.auth;
+        for (field, secret) in [
+            ("auth.token", &a.token),
+            ("auth.password", &a.password),
+            ("auth.nkeySeed", &a.nkey_seed),
+        ] {
+            if let Some(s) = secret {
+                match (&s.env, &s.file) {
+                    (Some(v), None) if !v.trim().is_empty() => {}
+                    (None, Some(f)) if !f.as_os_str().is_empty() => {}
+                    _ => add(
+                        field,
+                        "set exactly one of env (a variable name) and file (a path)".into(),
+                    ),
+                }
+            }
+        }
+        let methods = [
+            a.token.is_some(),
+            a.user.is_some() || a.password.is_some(),
+            a.nkey_seed.is_some(),
+            a.credentials_file.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            add(
+                "auth",
+                "use one of token, user/password, nkeySeed, credentialsFile".into(),
+            );
+        }
+        if a.user.is_some() != a.password.is_some() {
+            let missing = if a.user.is_some() { "password" } else { "user" };
+            add(
+                &format!("auth.{missing}"),
+                "user and password go together".into(),
+            );
+        }
+        if a.user.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            add("auth.user", "must not be empty".into());
+        }
+        let t = &self.tls;
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            let missing = if t.cert_file.is_some() {
+                "keyFile"
+            } else {
+                "certFile"
+            };
+            add(
+                &format!("tls.{missing}"),
+                "certFile and keyFile go together".into(),
+            );
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Format, ResourceConfig, SinkConfig};
+
+    fn full() -> NatsSinkConfig {
+        let secret = SecretRef {
+            env: Some("X".into()),
+            file: Some("/x".into()),
+        };
+        NatsSinkConfig {
+            url: "nats://h:4222".into(),
+            stream: NatsStreamConfig {
+                subjects: vec!["a.>".into()],
+                ..Default::default()
+            },
+            auth: NatsAuthConfig {
+                token: Some(secret.clone()),
+                user: Some("u".into()),
+                password: Some(secret.clone()),
+                nkey_seed: Some(secret),
+                credentials_file: Some("/c".into()),
+            },
+            tls: NatsTlsConfig {
+                required: true,
+                ca_file: Some("/ca".into()),
+                cert_file: Some("/c".into()),
+                key_file: Some("/k".into()),
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_camel_case_nats_field_is_listed_for_env_overrides() {
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            if let serde_json::Value::Object(m) = v {
+                for (k, v) in m {
+                    out.push(k.clone());
+                    walk(v, out);
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        walk(&serde_json::to_value(full()).unwrap(), &mut keys);
+        for k in keys {
+            if k.chars().any(|c| c.is_ascii_uppercase()) {
+                assert!(
+                    crate::config::CAMEL_CASE_FIELDS.contains(&k.as_str()),
+                    "{k} missing"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn yaml_with_every_field_parses_and_env_overrides_nested_fields() {
+        let yaml = "resources: [{resource: configmaps}]\n\
+            sink:\n  type: nats\n  url: nats://h:4222\n  jetstream: true\n\
+            \x20 subject: kw.{cluster}.{namespace}.{name}\n  maxOutstandingAcks: 10\n\
+            \x20 ackTimeoutMs: 100\n\
+            \x20 stream:\n    name: S\n    create: true\n    subjects: [kw.>]\n    storage: memory\n\
+            \x20   retention: workqueue\n    maxAgeSeconds: 60\n    maxBytes: 1000\n\
+            \x20   duplicateWindowSeconds: 30\n    replicas: 3\n\
+            \x20 auth:\n    nkeySeed: {file: /seed}\n\
+            \x20 tls:\n    caFile: /ca\n";
+        let env = [
+            ("KUBEWIRE__SINK__STREAM__DUPLICATE_WINDOW_SECONDS", "90"),
+            ("KUBEWIRE__SINK__AUTH__NKEY_SEED__FILE", "/other"),
+            ("KUBEWIRE__SINK__MAX_OUTSTANDING_ACKS", "20"),
+            ("KUBEWIRE__SINK__JETSTREAM", "false"),
+        ];
+        let c = Config::from_str_with_env(yaml, Format::Yaml, env).unwrap();
+        let SinkConfig::Nats(n) = &c.sink else {
+            panic!("{:?}", c.sink)
+        };
+        assert_eq!(n.subject, "kw.{cluster}.{namespace}.{name}");
+        assert_eq!(n.max_outstanding_acks, 20);
+        assert!(!n.jetstream);
+        assert_eq!(n.ack_timeout_ms, 100);
+        assert_eq!(n.stream.name, "S");
+        assert!(n.stream.create);
+        assert_eq!(n.stream.storage, NatsStorage::Memory);
+        assert_eq!(n.stream.retention, NatsRetention::Workqueue);
+        assert_eq!(n.stream.duplicate_window_seconds, 90);
+        assert_eq!(n.stream.replicas, 3);
+        assert_eq!(
+            n.auth.nkey_seed.as_ref().unwrap().file.as_deref(),
+            Some(std::path::Path::new("/other"))
+        );
+        assert_eq!(n.tls.ca_file.as_deref(), Some(std::path::Path::new("/ca")));
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+    }
+
+    #[test]
+    fn defaults_are_jetstream_with_the_per_object_subject() {
+        let c = Config::from_str_with_env(
+            "resources: [{resource: configmaps}]\nsink: {type: nats, url: 'nats://h:1'}\n",
+            Format::Yaml,
+            std::iter::empty::<(String, String)>(),
+        )
+        .unwrap();
+        let SinkConfig::Nats(n) = &c.sink else {
+            panic!()
+        };
+        assert_eq!(
+            n,
+            &NatsSinkConfig {
+                url: "nats://h:1".into(),
+                ..Default::default()
+            }
+        );
+        assert!(n.jetstream);
+        assert_eq!(n.subject, DEFAULT_SUBJECT);
+        let _ = ResourceConfig::new("x");
+        assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn bad_nats_settings_are_all_reported_with_their_paths() {
+        let yaml = "resources: [{resource: configmaps}]\n\
+            sink:\n  type: nats\n  url: ''\n  subject: 'kw.{nope}.x y.{name}'\n\
+            \x20 maxOutstandingAcks: 0\n  ackTimeoutMs: 0\n\
+            \x20 stream:\n    name: 'a.b'\n    subjects: ['', 'x.>']\n    replicas: 9\n\
+            \x20 auth:\n    token: {env: T, file: /t}\n    user: u\n\
+            \x20 tls:\n    certFile: /c\n";
+        let c =
+            Config::from_str_with_env(yaml, Format::Yaml, std::iter::empty::<(String, String)>())
+                .unwrap();
+        let problems = c.validate();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "sink.url",
+            "sink.subject",
+            "sink.maxOutstandingAcks",
+            "sink.ackTimeoutMs",
+            "sink.stream.name",
+            "sink.stream.subjects[0]",
+            "sink.stream.replicas",
+            "sink.auth.token",
+            "sink.auth",
+            "sink.auth.password",
+            "sink.tls.keyFile",
+        ] {
+            assert!(paths.contains(&want), "{want} not in {problems:#?}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "  s3cret\n").unwrap();
+        let s = SecretRef {
+            env: None,
+            file: Some(f),
+        };
+        assert_eq!(s.read().unwrap(), "s3cret");
+        let missing = SecretRef {
+            env: Some("KUBEWIRE_TEST_SURELY_UNSET_VARIABLE".into()),
+            file: None,
+        };
+        assert!(
+            missing
+                .read()
+                .unwrap_err()
+                .contains("KUBEWIRE_TEST_SURELY_UNSET_VARIABLE")
+        );
+        assert!(SecretRef::default().read().is_err());
+    }
 }

@@ -5,7 +5,7 @@
 
 mod kafka;
 mod lines;
-mod nats;
+pub mod nats;
 
 use std::future::Future;
 use std::path::PathBuf;
