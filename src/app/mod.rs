@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::checkpoint::{self, CheckpointError, Store};
-use crate::cluster::{self, Catalog, ClusterError};
+use crate::cluster::{self, Catalog, ClusterError, leader};
 use crate::config::{ClusterConfig, Config, ResourceConfig, ResourceRef};
 use crate::event::{ResourceInfo, StreamId};
 use crate::sink::{self, Sink, SinkError};
@@ -40,6 +40,10 @@ pub enum AppError {
     Transform(#[from] TransformError),
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("leader election: {0}")]
+    Leader(#[from] kube_lease_manager::LeaseManagerError),
 }
 
 /// The clusters to watch: the configured ones, or the one inferred the usual way.
@@ -79,37 +83,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         telemetry.clone(),
         admin_stop.clone(),
     ));
-    let config = Arc::new(config);
-    let watching = CancellationToken::new();
-    let publishers = TaskTracker::new();
+    let elect = config.leader_election.enabled;
     let ctx = Arc::new(Context {
-        config: config.clone(),
+        config: Arc::new(config),
         store,
         sink,
         redaction_key: key,
         telemetry,
-        watching: watching.clone(),
-        publishers: publishers.clone(),
     });
-    let mut starters = Vec::new();
-    for cluster in clusters(&config) {
-        starters.push(tokio::spawn(ctx.clone().start_cluster(cluster)));
-    }
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: draining in-flight events");
-    watching.cancel();
-    for s in starters {
-        let _ = s.await;
-    }
-    drop(ctx);
-    publishers.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, publishers.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "drain did not finish in time; unacknowledged events will be replayed");
+    if elect {
+        ctx.run_elected(shutdown).await?;
     } else {
-        tracing::info!("drained; checkpoints committed");
+        ctx.run_term(shutdown, true).await;
     }
     admin_stop.cancel();
     Ok(())
@@ -139,14 +124,106 @@ struct Context {
     sink: Arc<dyn Sink>,
     redaction_key: Vec<u8>,
     telemetry: Arc<Telemetry>,
+}
+
+/// One period of watching: its watch loops and publishers.
+#[derive(Clone)]
+struct Term {
+    /// Cancelled to stop the watch loops.
     watching: CancellationToken,
+    /// Cancelled to make the publishers stop taking new events (leadership lost).
+    abort: CancellationToken,
     publishers: TaskTracker,
 }
 
 impl Context {
+    /// Watches until `stop`, then stops the watches and lets the publishers finish: with
+    /// `drain`, everything already read is published (graceful shutdown); without, only what
+    /// the sink already holds is awaited (leadership lost: stop publishing promptly).
+    async fn run_term(self: &Arc<Self>, stop: CancellationToken, drain: bool) {
+        let term = Term {
+            watching: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            publishers: TaskTracker::new(),
+        };
+        let mut starters = Vec::new();
+        for cluster in clusters(&self.config) {
+            starters.push(tokio::spawn(
+                self.clone().start_cluster(cluster, term.clone()),
+            ));
+        }
+        stop.cancelled().await;
+        if drain {
+            tracing::info!("stopping: draining in-flight events");
+        } else {
+            term.abort.cancel();
+        }
+        term.watching.cancel();
+        for s in starters {
+            let _ = s.await;
+        }
+        term.publishers.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, term.publishers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "drain did not finish in time; unacknowledged events will be replayed");
+        } else {
+            tracing::info!("drained; checkpoints committed");
+        }
+        self.telemetry.health.clear_streams();
+    }
+
+    /// Leader election: watch only while holding the lease.
+    async fn run_elected(self: &Arc<Self>, shutdown: CancellationToken) -> Result<(), AppError> {
+        let le = &self.config.leader_election;
+        let all = clusters(&self.config);
+        let cluster = le
+            .cluster
+            .as_ref()
+            .and_then(|name| all.iter().find(|c| &c.name == name))
+            .unwrap_or(&all[0]);
+        let client = cluster::connect(cluster).await?;
+        let mut elector = leader::elect(client, le).await?;
+        tracing::info!(identity = %elector.identity, lease = %elector.lease, "waiting for leadership");
+        self.telemetry.health.set_standby(true);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ok = elector.until(true) => if !ok { break },
+            }
+            tracing::info!(identity = %elector.identity, lease = %elector.lease, "acquired leadership: starting streams");
+            self.telemetry.health.set_standby(false);
+            let stop = CancellationToken::new();
+            let term = {
+                let ctx = self.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    // Pick drain vs abort once we know why we stop: see below.
+                    ctx.run_term(stop, false).await
+                })
+            };
+            let lost = tokio::select! {
+                _ = shutdown.cancelled() => false,
+                _ = elector.until(false) => true,
+            };
+            if lost {
+                tracing::warn!(identity = %elector.identity, "lost leadership: stopping streams");
+            }
+            stop.cancel();
+            let _ = term.await;
+            self.telemetry.health.set_standby(true);
+            if !lost {
+                break;
+            }
+        }
+        elector.release().await;
+        Ok(())
+    }
+
     /// Connects and discovers (retrying with backoff while the cluster is unreachable),
     /// then starts every stream of this cluster.
-    async fn start_cluster(self: Arc<Self>, cluster: ClusterConfig) {
+    async fn start_cluster(self: Arc<Self>, cluster: ClusterConfig, term: Term) {
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(self.config.watch.backoff_initial_ms))
             .with_max_delay(Duration::from_millis(self.config.watch.backoff_max_ms))
@@ -161,7 +238,7 @@ impl Context {
                 Ok::<_, ClusterError>((client, catalog))
             };
             let res = tokio::select! {
-                _ = self.watching.cancelled() => return,
+                _ = term.watching.cancelled() => return,
                 r = attempt => r,
             };
             match res {
@@ -178,7 +255,7 @@ impl Context {
                         });
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                     tokio::select! {
-                        _ = self.watching.cancelled() => return,
+                        _ = term.watching.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -211,7 +288,7 @@ impl Context {
                     label_selector: rc.label_selector.clone(),
                     field_selector: rc.field_selector.clone(),
                 };
-                if let Err(e) = self.start_stream(client.clone(), id, rc).await {
+                if let Err(e) = self.start_stream(client.clone(), id, rc, &term).await {
                     tracing::error!(cluster = %cluster.name, resource = %rc.resource, error = %e, "stream not started");
                 }
             }
@@ -223,6 +300,7 @@ impl Context {
         client: kube::Client,
         id: StreamId,
         rc: &ResourceConfig,
+        term: &Term,
     ) -> Result<(), AppError> {
         let id = Arc::new(id);
         let key = id.key();
@@ -264,8 +342,8 @@ impl Context {
             },
             metrics,
         };
-        self.publishers.spawn(publisher.run(rx));
-        tokio::spawn(watch.run(self.watching.clone()));
+        term.publishers.spawn(publisher.run(rx, term.abort.clone()));
+        tokio::spawn(watch.run(term.watching.clone()));
         tracing::info!(stream = %id, "stream started");
         Ok(())
     }

@@ -10,12 +10,15 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::checkpoint::{CommitBatch, IndexEntry, Store};
 use crate::envelope;
 use crate::event::{ChangeType, Event, Origin};
 use crate::sink::{Sink, SinkError};
 use crate::telemetry::StreamMetrics;
+use crate::telemetry::traces::{self, TARGET};
 use crate::transform::Transformer;
 use crate::watch::{Item, StreamSpec};
 
@@ -79,7 +82,9 @@ impl Pending {
 
 impl Publisher {
     /// Runs until the watch side closes the channel and every in-flight event is acknowledged.
-    pub async fn run(self, mut rx: mpsc::Receiver<Item>) {
+    /// `abort` makes it stop taking new items at once (leadership lost); what the sink
+    /// already holds is still awaited and checkpointed.
+    pub async fn run(self, mut rx: mpsc::Receiver<Item>, abort: CancellationToken) {
         let stream_key = self.spec.id.key();
         let mut in_flight: FuturesOrdered<BoxFuture<'static, Effect>> = FuturesOrdered::new();
         let mut pending = Pending::default();
@@ -106,6 +111,7 @@ impl Publisher {
                     None => open = false,
                 },
                 _ = tick.tick() => self.commit(&stream_key, &mut pending).await,
+                _ = abort.cancelled(), if open => open = false,
             }
             if !open && in_flight.is_empty() {
                 break;
@@ -117,7 +123,7 @@ impl Publisher {
     /// Starts one item: returns the future of its effect on the checkpoint, resolved at ack.
     /// `None` when the sink is closed (shutdown).
     async fn start(&self, item: Item) -> Option<BoxFuture<'static, Effect>> {
-        let (mut event, publish, advance) = match item {
+        let (mut event, publish, advance, span) = match item {
             Item::Advance(rv) => {
                 let effect = Effect {
                     advance: Some(rv),
@@ -129,7 +135,8 @@ impl Publisher {
                 event,
                 publish,
                 advance,
-            } => (event, publish, advance),
+                span,
+            } => (event, publish, advance, span),
         };
         let index = match event.as_ref() {
             Event::Object(c) => Some(match c.change {
@@ -159,13 +166,23 @@ impl Publisher {
             Event::Object(c) => (c.change.as_str(), c.origin.as_str()),
             Event::Relisted(_) => ("relisted", Origin::Relist.as_str()),
         });
+        // The event's span (disabled when traces are off) ends when this item's future
+        // resolves: at the acknowledgement. The stage spans below are its children.
         if let Event::Object(c) = event.as_mut() {
+            let _stage = tracing::info_span!(target: TARGET, parent: &span, "kubewire.transform")
+                .entered();
             self.transformer.apply(&c.stream.resource, &mut c.data);
         }
-        let mut encoded = match envelope::encode(&event) {
+        let encoded = {
+            let _stage =
+                tracing::info_span!(target: TARGET, parent: &span, "kubewire.encode").entered();
+            envelope::encode(&event)
+        };
+        let mut encoded = match encoded {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(stream = %self.spec.id, id = %event.id(), error = %e, "cannot encode event; skipping it");
+                traces::record_error(&span, &e);
                 return Some(Box::pin(futures::future::ready(effect)));
             }
         };
@@ -174,11 +191,28 @@ impl Publisher {
         let sink_name = self.sink.name();
         let metrics = self.metrics.clone();
         let started = Instant::now();
-        let ack = match self.sink.send(encoded).await {
+        // From the hand-off to the sink (including waiting while it is full) to its ack.
+        let publish_span = tracing::info_span!(
+            target: TARGET,
+            parent: &span,
+            "kubewire.publish",
+            otel.kind = "producer",
+            messaging.system = sink_name,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let ack = match self
+            .sink
+            .send(encoded)
+            .instrument(publish_span.clone())
+            .await
+        {
             Ok(ack) => ack,
             Err(SinkError::Closed) => return None,
             Err(e) => {
                 tracing::error!(stream = %self.spec.id, %id, error = %e, "sink refused event");
+                traces::record_error(&publish_span, &e);
+                traces::record_error(&span, &e);
                 metrics.metrics().sink_error(sink_name, "send");
                 return Some(Box::pin(futures::future::ready(effect)));
             }
@@ -194,10 +228,15 @@ impl Publisher {
                     // A permanent rejection of this one event (e.g. too large): name it
                     // loudly; the stream goes on.
                     tracing::error!(%stream, %id, error = %e, "event not delivered");
+                    traces::record_error(&publish_span, &e);
+                    traces::record_error(&span, &e);
                     metrics.metrics().sink_error(sink_name, "rejected");
                     effect.published = None;
                 }
             }
+            // Acknowledged (or rejected): the publish span, then the event's span end here.
+            drop(publish_span);
+            drop(span);
             effect
         }))
     }

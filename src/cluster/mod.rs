@@ -1,6 +1,8 @@
 //! The cluster stage: one `kube::Client` per configured cluster, and the resolution of the
 //! configured resource names through discovery (never by guessing plurals).
 
+pub mod leader;
+
 use std::fmt;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};

@@ -147,6 +147,93 @@ pub struct Config {
     pub log: LogConfig,
     /// The admin HTTP server: `/metrics`, `/healthz`, `/readyz`.
     pub admin: AdminConfig,
+    /// High availability: only the holder of a Lease watches and publishes.
+    pub leader_election: LeaderElectionConfig,
+    /// Traces: one span per event, exported over OTLP (see docs/operations.md, "Traces").
+    pub telemetry: TelemetryConfig,
+}
+
+/// Telemetry that leaves the process on its own (metrics are served by `admin`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct TelemetryConfig {
+    /// OTLP trace export. Off unless an endpoint is configured here or in the environment.
+    pub otlp: OtlpConfig,
+}
+
+/// OTLP/gRPC trace export. Spans are queued in memory and exported in batches by a
+/// background thread; when the queue is full (collector down or slow) new spans are dropped,
+/// never events, and the pipeline never waits for the exporter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct OtlpConfig {
+    /// The collector's OTLP gRPC endpoint, plaintext (`http://`), e.g.
+    /// `http://otel-collector:4317`; for TLS, export to a node-local collector. Default: the
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` variable; when
+    /// neither is set either, traces are off (spans cost next to nothing then).
+    pub endpoint: Option<String>,
+    /// `service.name` of the exported spans. Default: `$OTEL_SERVICE_NAME`, else `kubewire`.
+    pub service_name: Option<String>,
+    /// Spans held for export at most; beyond that new spans are dropped. Default: 4096.
+    pub max_queue_size: usize,
+    /// Spans per export request at most. Default: 512.
+    pub max_export_batch_size: usize,
+    /// How often queued spans are exported. Default: 1000.
+    pub scheduled_delay_ms: u64,
+    /// How long one export request may take before it is abandoned. Default: 5000.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            service_name: None,
+            max_queue_size: 4096,
+            max_export_batch_size: 512,
+            scheduled_delay_ms: 1000,
+            export_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Leader election on a `coordination.k8s.io/v1` Lease. Each replica keeps its own
+/// checkpoint store; a new leader resumes from its own (possibly old) checkpoint and the
+/// reconciling relist closes the gap (see docs/operations.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct LeaderElectionConfig {
+    /// Turn leader election on. Default: false (this process always watches).
+    pub enabled: bool,
+    /// The Lease's name. Default: `kubewire`.
+    pub lease_name: String,
+    /// The Lease's namespace. Default: `$POD_NAMESPACE`, else `default`.
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease. Default: `$HOSTNAME` (the pod name), else a
+    /// random string.
+    pub identity: Option<String>,
+    /// How long a lease is valid after its last renewal; a crashed leader is replaced after
+    /// at most this long. Default: 15.
+    pub lease_duration_seconds: u64,
+    /// The holder renews this long before expiry (also the clock skew tolerated between
+    /// nodes). Must be less than `leaseDurationSeconds`. Default: 5.
+    pub renew_grace_seconds: u64,
+    /// The configured cluster whose API server holds the Lease. Default: the first.
+    pub cluster: Option<String>,
+}
+
+impl Default for LeaderElectionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            lease_name: "kubewire".into(),
+            lease_namespace: None,
+            identity: None,
+            lease_duration_seconds: 15,
+            renew_grace_seconds: 5,
+            cluster: None,
+        }
+    }
 }
 
 /// The admin HTTP server.
@@ -180,6 +267,8 @@ impl Default for Config {
             watch: WatchConfig::default(),
             log: LogConfig::default(),
             admin: AdminConfig::default(),
+            leader_election: LeaderElectionConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -443,6 +532,12 @@ pub enum LogFormat {
 /// Every camelCase field name: env segments are matched against these (case- and
 /// underscore-insensitively). A test checks the list is complete.
 const CAMEL_CASE_FIELDS: &[&str] = &[
+    // leader election
+    "leaderElection",
+    "leaseName",
+    "leaseNamespace",
+    "leaseDurationSeconds",
+    "renewGraceSeconds",
     "labelSelector",
     "fieldSelector",
     "stripManagedFields",
@@ -457,6 +552,12 @@ const CAMEL_CASE_FIELDS: &[&str] = &[
     "backoffInitialMs",
     "backoffMaxMs",
     "healthyResetSeconds",
+    // telemetry.otlp
+    "serviceName",
+    "maxQueueSize",
+    "maxExportBatchSize",
+    "scheduledDelayMs",
+    "exportTimeoutMs",
     // Kafka sink
     "createTopics",
     "onOversize",

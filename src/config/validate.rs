@@ -46,10 +46,63 @@ impl Config {
                 format!("{:?} is not an ip:port address", self.admin.address),
             );
         }
+        let le = &self.leader_election;
+        if le.enabled {
+            if le.lease_name.trim().is_empty() {
+                p.add("leaderElection.leaseName", "must not be empty");
+            }
+            if le.renew_grace_seconds >= le.lease_duration_seconds {
+                p.add(
+                    "leaderElection.renewGraceSeconds",
+                    "must be less than leaseDurationSeconds",
+                );
+            }
+            if let Some(c) = &le.cluster
+                && !self.clusters.is_empty()
+                && !self.clusters.iter().any(|k| &k.name == c)
+            {
+                p.add(
+                    "leaderElection.cluster",
+                    format!("{c:?} is not one of the configured clusters"),
+                );
+            }
+        }
         if self.log.level.trim().is_empty() {
             p.add("log.level", "must not be empty (e.g. info, debug)");
         }
+        self.validate_telemetry(&mut p);
         p.0
+    }
+
+    fn validate_telemetry(&self, p: &mut Problems) {
+        let o = &self.telemetry.otlp;
+        if let Some(e) = &o.endpoint
+            && !e.starts_with("http://")
+        {
+            p.add(
+                "telemetry.otlp.endpoint",
+                format!(
+                    "{e:?} is not an http:// URL (e.g. http://localhost:4317; \
+                     the exporter speaks plaintext gRPC, TLS is not supported)"
+                ),
+            );
+        }
+        for (field, v) in [
+            ("maxQueueSize", o.max_queue_size as u64),
+            ("maxExportBatchSize", o.max_export_batch_size as u64),
+            ("scheduledDelayMs", o.scheduled_delay_ms),
+            ("exportTimeoutMs", o.export_timeout_ms),
+        ] {
+            if v == 0 {
+                p.add(format!("telemetry.otlp.{field}"), "must be at least 1");
+            }
+        }
+        if o.max_export_batch_size > o.max_queue_size {
+            p.add(
+                "telemetry.otlp.maxExportBatchSize",
+                "must not exceed maxQueueSize",
+            );
+        }
     }
 
     fn validate_clusters(&self, p: &mut Problems) {

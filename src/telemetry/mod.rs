@@ -4,6 +4,7 @@
 //! handles are resolved once per stream and updated with atomics.
 
 mod admin;
+pub mod traces;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -263,14 +264,16 @@ impl Metrics {
     /// and `increase()` see their first increment.
     pub fn stream(self: &Arc<Self>, id: &StreamId) -> StreamMetrics {
         let l = StreamLabels::of(id);
-        self.relists.get_or_create(&l);
+        self.relists.get_or_create(&l).inc_by(0);
         for change in ["added", "modified", "deleted"] {
-            self.reconciled.get_or_create(&ChangeLabels {
-                cluster: l.cluster.clone(),
-                resource: l.resource.clone(),
-                namespace: l.namespace.clone(),
-                change: change.into(),
-            });
+            self.reconciled
+                .get_or_create(&ChangeLabels {
+                    cluster: l.cluster.clone(),
+                    resource: l.resource.clone(),
+                    namespace: l.namespace.clone(),
+                    change: change.into(),
+                })
+                .inc_by(0);
         }
         StreamMetrics {
             metrics: self.clone(),
@@ -285,12 +288,16 @@ impl Metrics {
     /// Creates the sink's counters at zero.
     pub fn init_sink(&self, sink: &str) {
         for kind in ["send", "rejected"] {
-            self.sink_errors.get_or_create(&SinkErrorLabels {
-                sink: sink.into(),
-                kind: kind.into(),
-            });
+            self.sink_errors
+                .get_or_create(&SinkErrorLabels {
+                    sink: sink.into(),
+                    kind: kind.into(),
+                })
+                .inc_by(0);
         }
-        self.sink_acks.get_or_create(&SinkLabels { sink: sink.into() });
+        self.sink_acks
+            .get_or_create(&SinkLabels { sink: sink.into() })
+            .inc_by(0);
     }
 
     pub fn sink_up(&self, sink: &str, up: bool) {
@@ -464,6 +471,8 @@ impl StreamMetrics {
 pub struct Health {
     streams: Mutex<BTreeMap<String, StreamState>>,
     sink: Mutex<Option<Arc<dyn Sink>>>,
+    /// A replica waiting for leadership: ready (it is doing its job: standing by).
+    standby: std::sync::atomic::AtomicBool,
 }
 
 /// One stream's state as far as health goes.
@@ -490,6 +499,15 @@ impl Health {
         s.heartbeat = now_secs();
     }
 
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Relaxed);
+    }
+
+    /// Forgets every stream (their term ended).
+    pub fn clear_streams(&self) {
+        self.streams.lock().expect("health lock").clear();
+    }
+
     pub fn remove(&self, name: &str) {
         self.streams.lock().expect("health lock").remove(name);
     }
@@ -497,6 +515,9 @@ impl Health {
     /// `Ok(body)` when every stream is synced and not failing and the sink is up; else the
     /// list of what is not ready and why.
     pub fn readiness(&self) -> Result<String, String> {
+        if self.standby.load(Ordering::Relaxed) {
+            return Ok("ready: standby (not the leader)\n".into());
+        }
         let mut problems = Vec::new();
         let streams = self.streams.lock().expect("health lock").clone();
         if streams.is_empty() {
