@@ -156,6 +156,7 @@ mod tests {
                 traceparent: String::new(),
                 payload: b"{\"next\":2}".to_vec(),
                 attrs: Default::default(),
+                destination: None,
             })
             .await
             .unwrap();

@@ -28,6 +28,11 @@ pub enum SinkError {
     Unavailable(String),
     #[error("sink is closed")]
     Closed,
+    /// A destination (Kafka topic) that does not exist and may not be created.
+    #[error(
+        "{sink} topic {topic:?} does not exist: create it, or set sink.createTopics.enabled: true"
+    )]
+    MissingTopic { sink: &'static str, topic: String },
     /// This one event can never be delivered (e.g. too large); others are unaffected.
     #[error("event {id} rejected by the sink: {reason}")]
     Rejected { id: String, reason: String },

@@ -1,0 +1,180 @@
+//! Topics the sink writes to: whether each exists (created on first use when
+//! `createTopics.enabled`), and its `max.message.bytes`, looked up once and cached.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::QuietContext;
+use crate::config::CreateTopicsConfig;
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRY: Duration = Duration::from_secs(5);
+
+/// What is known of one topic.
+#[derive(Debug)]
+pub struct TopicInfo {
+    /// The topic's `max.message.bytes`, if the broker said.
+    pub max_message_bytes: Option<usize>,
+}
+
+/// The result of one look-up.
+pub enum Lookup {
+    Exists(Arc<TopicInfo>),
+    Missing,
+    /// The brokers could not answer.
+    Unreachable(String),
+}
+
+pub struct Topics {
+    admin: Arc<AdminClient<QuietContext>>,
+    create: CreateTopicsConfig,
+    known: Mutex<HashMap<String, Arc<TopicInfo>>>,
+    /// Serialises look-ups of unknown topics.
+    slow: tokio::sync::Mutex<()>,
+    /// Missing topics already logged (once each).
+    reported: Mutex<HashSet<String>>,
+}
+
+impl Topics {
+    pub fn new(admin: AdminClient<QuietContext>, create: CreateTopicsConfig) -> Self {
+        Self {
+            admin: Arc::new(admin),
+            create,
+            known: Mutex::default(),
+            slow: tokio::sync::Mutex::new(()),
+            reported: Mutex::default(),
+        }
+    }
+
+    fn cached(&self, topic: &str) -> Option<Arc<TopicInfo>> {
+        self.known.lock().unwrap().get(topic).cloned()
+    }
+
+    /// One attempt: from the cache, or asks the brokers (and creates the topic when
+    /// allowed).
+    pub async fn lookup(&self, topic: &str) -> Lookup {
+        if let Some(info) = self.cached(topic) {
+            return Lookup::Exists(info);
+        }
+        let _guard = self.slow.lock().await;
+        if let Some(info) = self.cached(topic) {
+            return Lookup::Exists(info);
+        }
+        let mut result = self.describe(topic).await;
+        if matches!(result, Lookup::Missing) && self.create.enabled {
+            match self.create(topic).await {
+                Ok(()) => result = self.describe(topic).await,
+                Err(e) => result = Lookup::Unreachable(e),
+            }
+        }
+        if let Lookup::Exists(info) = &result {
+            tracing::debug!(%topic, max_message_bytes = ?info.max_message_bytes, "kafka topic found");
+            self.known
+                .lock()
+                .unwrap()
+                .insert(topic.to_owned(), info.clone());
+            if self.reported.lock().unwrap().remove(topic) {
+                tracing::info!(%topic, "kafka topic now exists; publishing to it");
+            }
+        }
+        result
+    }
+
+    /// Waits until `topic` exists, retrying; logs a missing topic once.
+    pub async fn ensure(&self, topic: &str) -> Arc<TopicInfo> {
+        loop {
+            match self.lookup(topic).await {
+                Lookup::Exists(info) => return info,
+                Lookup::Missing => {
+                    if self.reported.lock().unwrap().insert(topic.to_owned()) {
+                        tracing::error!(%topic, "kafka topic does not exist: create it, or set sink.createTopics.enabled: true; events for it wait");
+                    }
+                }
+                Lookup::Unreachable(e) => {
+                    tracing::debug!(%topic, error = %e, "cannot look up kafka topic; retrying");
+                }
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// Existence from the cluster metadata (a describe of a missing topic may answer with
+    /// an empty configuration rather than an error), then the topic's configuration.
+    async fn describe(&self, topic: &str) -> Lookup {
+        let admin = self.admin.clone();
+        let name = topic.to_owned();
+        let metadata = tokio::task::spawn_blocking(move || {
+            let md = admin.inner().fetch_metadata(Some(&name), ADMIN_TIMEOUT)?;
+            Ok::<_, KafkaError>(md.topics().first().and_then(|t| t.error()))
+        })
+        .await;
+        match metadata {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(e))) => {
+                let code = RDKafkaErrorCode::from(e);
+                return match code {
+                    RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                        Lookup::Missing
+                    }
+                    other => Lookup::Unreachable(other.to_string()),
+                };
+            }
+            Ok(Err(e)) => return Lookup::Unreachable(e.to_string()),
+            Err(e) => return Lookup::Unreachable(e.to_string()),
+        }
+        let opts = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+        let res = self
+            .admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+            .await;
+        match res {
+            Ok(mut results) => match results.pop() {
+                Some(Ok(resource)) => Lookup::Exists(Arc::new(TopicInfo {
+                    max_message_bytes: resource
+                        .get("max.message.bytes")
+                        .and_then(|e| e.value.as_deref())
+                        .and_then(|v| v.parse().ok()),
+                })),
+                Some(Err(
+                    RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+                )) => Lookup::Missing,
+                Some(Err(code)) => Lookup::Unreachable(code.to_string()),
+                None => Lookup::Unreachable("empty answer".into()),
+            },
+            Err(KafkaError::AdminOp(
+                RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
+            )) => Lookup::Missing,
+            Err(e) => Lookup::Unreachable(e.to_string()),
+        }
+    }
+
+    async fn create(&self, topic: &str) -> Result<(), String> {
+        let c = &self.create;
+        let new = NewTopic::new(
+            topic,
+            c.partitions,
+            TopicReplication::Fixed(c.replication_factor),
+        )
+        .set("cleanup.policy", &c.cleanup_policy);
+        let opts = AdminOptions::new()
+            .request_timeout(Some(ADMIN_TIMEOUT))
+            .operation_timeout(Some(ADMIN_TIMEOUT));
+        match self.admin.create_topics(&[new], &opts).await {
+            Ok(mut r) => match r.pop() {
+                Some(Ok(_)) => {
+                    tracing::info!(%topic, partitions = c.partitions, replication_factor = c.replication_factor, cleanup_policy = %c.cleanup_policy, "created kafka topic");
+                    Ok(())
+                }
+                Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(()),
+                Some(Err((_, code))) => Err(format!("cannot create topic {topic}: {code}")),
+                None => Err(format!("cannot create topic {topic}: empty answer")),
+            },
+            Err(e) => Err(format!("cannot create topic {topic}: {e}")),
+        }
+    }
+}

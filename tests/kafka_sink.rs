@@ -1,0 +1,313 @@
+//! The Kafka sink against the real broker from `dev/testenv` (issue 4): end to end with a
+//! real consumer, templates, created topics, tombstones, a missing topic, an oversize
+//! object. The broker outage test is in `kafka_outage.rs` (it stops the broker).
+
+mod common;
+mod harness;
+mod kafka_util;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use harness::{Kubewire, cluster_configmaps, configmap, create_namespace, replay};
+use kafka_util::{Reader, Record, create_topic, sink_yaml, topic_config};
+
+fn rv(e: &Value) -> u64 {
+    e["k8sresourceversion"].as_str().unwrap().parse().unwrap()
+}
+
+fn is_object_event(e: &Value) -> bool {
+    e["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("io.kubewire.object."))
+}
+
+async fn namespace(client: &kube::Client, prefix: &str) -> String {
+    let ns = common::unique_name(prefix);
+    create_namespace(client, &ns).await;
+    ns
+}
+
+/// uid → resourceVersion after replaying the CloudEvents read from the topic.
+fn replayed(records: &[Record]) -> BTreeMap<String, String> {
+    let events: Vec<Value> = records.iter().filter_map(|r| r.value.clone()).collect();
+    replay(&events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_churn_reaches_the_topic_in_order_with_headers_and_final_state() {
+    let client = common::kube_client().await;
+    let ns = namespace(&client, "kafka-e2e").await;
+    let topic = common::unique_name("kw-e2e");
+    create_topic(&topic, 3, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kw = Kubewire::start_with_sink(
+        dir.path(),
+        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
+        &sink_yaml(&topic, ""),
+    );
+    kw.wait_log(60, 1, "initial list done", 1).await;
+
+    // Churn: 40 objects, each created, updated three times; every fourth deleted.
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    let mut writes = 0;
+    for i in 0..40 {
+        let name = format!("cm-{i}");
+        api.create(&PostParams::default(), &configmap(&name, &[], "v0"))
+            .await
+            .unwrap();
+        writes += 1;
+    }
+    for round in 1..=3 {
+        for i in 0..40 {
+            let patch = Patch::Merge(json!({"data": {"value": format!("v{round}")}}));
+            api.patch(&format!("cm-{i}"), &PatchParams::default(), &patch)
+                .await
+                .unwrap();
+            writes += 1;
+        }
+    }
+    for i in (0..40).step_by(4) {
+        api.delete(&format!("cm-{i}"), &DeleteParams::default())
+            .await
+            .unwrap();
+        writes += 1;
+    }
+    let want = cluster_configmaps(&client, &[ns.as_str()]).await;
+
+    let mut reader = Reader::new(&topic).await;
+    reader
+        .wait(90, "every change on the topic", |r| {
+            r.iter()
+                .filter(|r| r.value.as_ref().is_some_and(is_object_event))
+                .count()
+                >= writes
+                && replayed(r) == want
+        })
+        .await;
+    let elapsed = started.elapsed();
+    let records = reader.records.clone();
+    let objects: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.value.as_ref().is_some_and(is_object_event))
+        .collect();
+    eprintln!(
+        "kafka e2e: {} events on the topic {:.2}s after the churn began ({:.0} events/s, API-write bound)",
+        objects.len(),
+        elapsed.as_secs_f64(),
+        objects.len() as f64 / elapsed.as_secs_f64()
+    );
+
+    // The set of final states equals the cluster's.
+    assert_eq!(replayed(&records), want);
+
+    // Every event of one object has one key, one partition, increasing versions.
+    let mut per_key: HashMap<&str, (i32, Vec<u64>)> = HashMap::new();
+    for r in &objects {
+        let e = r.value.as_ref().unwrap();
+        let key = r.key.as_deref().unwrap();
+        assert_eq!(key, format!("{ns}/{}", e["k8sname"].as_str().unwrap()));
+        let entry = per_key.entry(key).or_insert((r.partition, Vec::new()));
+        assert_eq!(entry.0, r.partition, "{key} on two partitions");
+        entry.1.push(rv(e));
+    }
+    for (key, (_, versions)) in &per_key {
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "{key}: versions out of order: {versions:?}"
+        );
+    }
+    for i in 0..40 {
+        let key = format!("{ns}/cm-{i}");
+        let n = per_key[key.as_str()].1.len();
+        assert_eq!(n, if i % 4 == 0 { 5 } else { 4 }, "{key}: {n} events");
+    }
+
+    // Headers: the CloudEvents Kafka binding (structured) and the trace.
+    for r in &objects {
+        let e = r.value.as_ref().unwrap();
+        assert_eq!(r.header("ce_specversion"), "1.0");
+        assert_eq!(r.header("ce_id"), e["id"]);
+        assert_eq!(r.header("ce_type"), e["type"]);
+        assert_eq!(r.header("ce_source"), e["source"]);
+        assert_eq!(r.header("ce_subject"), e["subject"]);
+        assert_eq!(r.header("traceparent"), e["traceparent"]);
+        assert_eq!(r.header("content-type"), "application/cloudevents+json");
+        let tp: Vec<&str> = r.header("traceparent").split('-').collect();
+        assert_eq!((tp[0], tp[1].len(), tp[2].len()), ("00", 32, 16));
+    }
+    drop(kw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_override_created_topics_keys_and_tombstones() {
+    let client = common::kube_client().await;
+    let a = namespace(&client, "kafka-tpl-a").await;
+    let b = namespace(&client, "kafka-tpl-b").await;
+    let prefix = common::unique_name("kwt");
+    let own = format!("{prefix}-own");
+    let dir = tempfile::tempdir().unwrap();
+    let kw = Kubewire::start_with_sink(
+        dir.path(),
+        &format!(
+            "  - resource: configmaps\n    namespaces: [{a}]\n\
+             \x20 - resource: configmaps\n    namespaces: [{b}]\n    kafka: {{topic: {own}}}\n"
+        ),
+        &sink_yaml(
+            &format!("'{prefix}.{{cluster}}.{{group}}.{{resource}}.{{namespace}}'"),
+            "  key: '{kind}:{namespace}/{name}'\n  tombstones: true\n\
+             \x20 createTopics: {enabled: true, partitions: 2, cleanupPolicy: compact}\n",
+        ),
+    );
+    kw.wait_log(60, 1, "initial list done", 2).await;
+    for ns in [&a, &b] {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        api.create(&PostParams::default(), &configmap("doomed", &[], "x"))
+            .await
+            .unwrap();
+        api.delete("doomed", &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+
+    let templated = format!("{prefix}.default.core.configmaps.{a}");
+    for (topic, ns) in [(&templated, &a), (&own, &b)] {
+        let mut reader = Reader::new(topic).await;
+        reader
+            .wait(60, "added, deleted and a tombstone", |r| {
+                r.iter().any(|r| r.value.is_none())
+            })
+            .await;
+        let doomed: Vec<&Record> = reader
+            .records
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(&format!("ConfigMap:{ns}/doomed")))
+            .collect();
+        let kinds: Vec<&str> = doomed
+            .iter()
+            .map(|r| match &r.value {
+                Some(v) => v["type"].as_str().unwrap(),
+                None => "tombstone",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "io.kubewire.object.added",
+                "io.kubewire.object.deleted",
+                "tombstone"
+            ],
+            "{topic}"
+        );
+        assert!(doomed.iter().all(|r| r.partition == doomed[0].partition));
+        assert!(doomed[2].headers.is_empty(), "a tombstone has no headers");
+        let config = topic_config(topic).await;
+        assert_eq!(config["cleanup.policy"], "compact", "{topic}");
+    }
+    drop(kw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_topic_is_a_clear_startup_error() {
+    let client = common::kube_client().await;
+    let ns = namespace(&client, "kafka-missing").await;
+    let topic = common::unique_name("kw-absent");
+    let dir = tempfile::tempdir().unwrap();
+    let kw = Kubewire::start_with_sink(
+        dir.path(),
+        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
+        &sink_yaml(&topic, ""),
+    );
+    kw.wait_log(60, 1, "kubewire failed", 1).await;
+    let failed = kw.log_messages(1, "kubewire failed");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("topic \"{topic}\" does not exist"))
+            && error.contains("createTopics"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_object_is_replaced_by_an_oversize_event_and_others_flow() {
+    let client = common::kube_client().await;
+    let ns = namespace(&client, "kafka-big").await;
+    let topic = common::unique_name("kw-big");
+    create_topic(&topic, 1, &[("max.message.bytes", "100000")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kw = Kubewire::start_with_sink(
+        dir.path(),
+        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
+        &sink_yaml(&topic, ""),
+    );
+    kw.wait_log(60, 1, "initial list done", 1).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &configmap("before", &[], "small"))
+        .await
+        .unwrap();
+    let big = api
+        .create(
+            &PostParams::default(),
+            &configmap("big", &[], &"x".repeat(300_000)),
+        )
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &configmap("after", &[], "small"))
+        .await
+        .unwrap();
+
+    let mut reader = Reader::new(&topic).await;
+    reader
+        .wait(60, "before, oversize, after", |r| {
+            r.iter()
+                .any(|r| r.value.as_ref().is_some_and(|v| v["k8sname"] == "after"))
+        })
+        .await;
+    let names: Vec<(String, String)> = reader
+        .events()
+        .iter()
+        .filter(|e| e["k8snamespace"] == ns.as_str())
+        .map(|e| {
+            (
+                e["k8sname"].as_str().unwrap().to_owned(),
+                e["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("before", "io.kubewire.object.added"),
+        ("big", "io.kubewire.object.oversize"),
+        ("after", "io.kubewire.object.added"),
+    ]
+    .iter()
+    .map(|(n, t)| (n.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(names, want);
+    let oversize = reader
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "io.kubewire.object.oversize")
+        .unwrap();
+    assert_eq!(oversize["k8suid"], big.metadata.uid.clone().unwrap());
+    assert!(oversize.get("kubewireerror").is_some());
+    assert!(oversize["data"]["size"].as_u64().unwrap() > 300_000);
+    assert!(
+        oversize["data"]["originalId"]
+            .as_str()
+            .unwrap()
+            .ends_with("/added")
+    );
+
+    // The log names the object and its size.
+    let logged = kw.log_messages(1, "event too large for its kafka topic; published an io.kubewire.object.oversize event in its place");
+    assert_eq!(logged.len(), 1, "logged once");
+    assert_eq!(logged[0]["subject"], format!("core/v1/configmaps/{ns}/big"));
+    assert!(logged[0]["size"].as_u64().unwrap() > 300_000);
+    drop(kw);
+}
