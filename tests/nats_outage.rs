@@ -136,6 +136,21 @@ async fn nats_restart_during_a_burst_loses_no_event() {
         .await
         .unwrap();
     kw.wait_log(30, 1, "NATS sink down", 2).await;
+    // /readyz and the metrics say so.
+    let admin = kw.admin_address(1).await;
+    common::eventually(
+        30,
+        "/readyz and sink_up to show the NATS sink down",
+        || async {
+            let (code, body) = harness::http_get(&admin, "/readyz").await;
+            let (_, metrics) = harness::http_get(&admin, "/metrics").await;
+            (code != 200
+                && body.contains("sink nats: down: disconnected")
+                && metrics.contains("sink_up{sink=\"nats\"} 0"))
+            .then_some(())
+        },
+    )
+    .await;
     let before = rounds.load(Ordering::Relaxed);
     common::eventually(60, "3 rounds of writes while NATS is down", || async {
         (rounds.load(Ordering::Relaxed) >= before + 3).then_some(())
@@ -147,6 +162,11 @@ async fn nats_restart_during_a_burst_loses_no_event() {
     let (recovery2, v) = probe(&api, &stream, 2).await;
     written.push(v);
     kw.wait_log(30, 1, "NATS sink connected", 2).await;
+    common::eventually(30, "/readyz to show the NATS sink up again", || async {
+        let (_, metrics) = harness::http_get(&admin, "/metrics").await;
+        metrics.contains("sink_up{sink=\"nats\"} 1").then_some(())
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     written.extend(writer.await.unwrap());
     let (_nc, ctx) = js().await;
