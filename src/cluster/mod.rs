@@ -2,6 +2,7 @@
 //! configured resource names through discovery (never by guessing plurals).
 
 pub mod leader;
+pub mod ratelimit;
 
 use std::fmt;
 
@@ -99,9 +100,14 @@ pub async fn connect(cfg: &ClusterConfig) -> Result<kube::Client, ClusterError> 
                 source,
             })?,
     };
-    kube::Client::try_from(config).map_err(|source| ClusterError::Client {
-        cluster: cfg.name.clone(),
-        source,
+    let builder =
+        kube::client::ClientBuilder::try_from(config).map_err(|source| ClusterError::Client {
+            cluster: cfg.name.clone(),
+            source,
+        })?;
+    Ok(match ratelimit::RateLimitLayer::new(cfg.qps, cfg.burst) {
+        Some(limit) => builder.with_layer(&limit).build(),
+        None => builder.build(),
     })
 }
 

@@ -287,6 +287,21 @@ pub struct ClusterConfig {
     /// Context of the kubeconfig to use. Omitted: its current context.
     #[serde(default)]
     pub context: Option<String>,
+    /// Client-side rate limit for list and discovery requests to this cluster, per second
+    /// (long-running watches do not consume it). 0: unlimited. Default: 50.
+    #[serde(default = "default_qps")]
+    pub qps: u32,
+    /// Requests allowed in a burst above `qps`. Default: 100.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_qps() -> u32 {
+    50
+}
+
+fn default_burst() -> u32 {
+    100
 }
 
 impl Default for ClusterConfig {
@@ -295,6 +310,8 @@ impl Default for ClusterConfig {
             name: "default".into(),
             kubeconfig: None,
             context: None,
+            qps: default_qps(),
+            burst: default_burst(),
         }
     }
 }
