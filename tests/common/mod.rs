@@ -61,11 +61,8 @@ pub fn var(name: &str) -> String {
 fn load_env() -> HashMap<String, String> {
     let mut vars = HashMap::new();
     if std::env::var_os("TESTENV_DIR").is_some() {
-        for name in REQUIRED {
-            if let Ok(v) = std::env::var(name) {
-                vars.insert(name.to_string(), v);
-            }
-        }
+        // Everything `dev/testenv env` exported, optional services' variables included.
+        vars.extend(std::env::vars());
     } else {
         let file = repo_root().join(".testenv/env");
         let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
