@@ -224,9 +224,16 @@ async fn missing_topic_is_a_clear_startup_error() {
         &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
         &sink_yaml(&topic, ""),
     );
-    kw.wait_log(60, 1, "kubewire failed", 1).await;
-    let failed = kw.log_messages(1, "kubewire failed");
-    let error = failed[0]["error"].as_str().unwrap();
+    // kubewire exits with the error on stderr (and in its log), which the harness keeps in
+    // `kubewire-1.log`.
+    let log = dir.path().join("kubewire-1.log");
+    let error = common::eventually(60, "kubewire to report the missing topic", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("does not exist"))
+            .map(str::to_owned)
+    })
+    .await;
     assert!(
         error.contains(&format!("topic \"{topic}\" does not exist"))
             && error.contains("createTopics"),
