@@ -10,11 +10,14 @@ use clap::{Parser, Subcommand};
 use kubewire::app;
 use kubewire::cluster::{self, Catalog};
 use kubewire::config::{Config, LogFormat, Problem, ResourceRef};
+use kubewire::telemetry::traces::{self, Traces};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 const EXIT_FORCED: i32 = 130;
+/// How long a graceful exit waits for the last spans to be exported.
+const TRACES_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(
@@ -62,13 +65,19 @@ fn main() -> ExitCode {
     })
 }
 
-fn init_logging(config: &Config) {
+/// Logs to stderr, and traces over OTLP when configured (the returned exporter is to be shut
+/// down at exit, which flushes it). Must run inside the tokio runtime.
+fn init_logging(config: &Config) -> Option<Traces> {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The spans kubewire exports never show in the log.
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUBEWIRE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level))
+        .add_directive(traces::LOG_DIRECTIVE.parse().expect("valid directive"));
     // Logs go to stderr: stdout belongs to the stdout sink.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let json = match config.log.format {
@@ -76,11 +85,31 @@ fn init_logging(config: &Config) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    if json {
-        builder.json().flatten_event(true).init();
+    let fmt = if json {
+        fmt.json().flatten_event(true).boxed()
     } else {
-        builder.init();
+        fmt.boxed()
+    };
+    let settings =
+        traces::ExportSettings::resolve(&config.telemetry.otlp, |name| std::env::var(name).ok());
+    let (traces, problem) = match settings.as_ref().map(Traces::start) {
+        None => (None, None),
+        Some(Ok(t)) => (Some(t), None),
+        Some(Err(e)) => (None, Some(e)),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(traces.as_ref().map(|t| t.layer()))
+        .init();
+    match (&traces, problem, &settings) {
+        (Some(t), _, Some(s)) => {
+            tracing::info!(endpoint = t.endpoint(), service_name = %s.service_name, "exporting traces over OTLP")
+        }
+        // Telemetry never stops the pipeline: run without traces.
+        (_, Some(e), _) => tracing::error!(error = %e, "traces disabled"),
+        _ => {}
     }
+    traces
 }
 
 fn print_problems(problems: &[Problem]) {
@@ -97,10 +126,14 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(&config);
+    let traces = init_logging(&config);
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    match app::run(config, shutdown).await {
+    let result = app::run(config, shutdown).await;
+    if let Some(t) = traces {
+        t.shutdown(TRACES_FLUSH_TIMEOUT).await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "kubewire failed");

@@ -219,7 +219,7 @@ async fn missing_topic_is_a_clear_startup_error() {
     let ns = namespace(&client, "kafka-missing").await;
     let topic = common::unique_name("kw-absent");
     let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start_with_sink(
+    let _kw = Kubewire::start_with_sink(
         dir.path(),
         &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
         &sink_yaml(&topic, ""),

@@ -169,8 +169,8 @@ impl Publisher {
         // The event's span (disabled when traces are off) ends when this item's future
         // resolves: at the acknowledgement. The stage spans below are its children.
         if let Event::Object(c) = event.as_mut() {
-            let _stage = tracing::info_span!(target: TARGET, parent: &span, "kubewire.transform")
-                .entered();
+            let _stage =
+                tracing::info_span!(target: TARGET, parent: &span, "kubewire.transform").entered();
             self.transformer.apply(&c.stream.resource, &mut c.data);
         }
         let encoded = {
@@ -220,7 +220,9 @@ impl Publisher {
         metrics.in_flight.inc();
         let stream = self.spec.id.to_string();
         Some(Box::pin(async move {
-            let result = ack.await;
+            // Entered while awaiting, so that the publish span ends at the ack: the
+            // OpenTelemetry layer ends a span at its last exit.
+            let result = ack.instrument(publish_span.clone()).await;
             metrics.in_flight.dec();
             match result {
                 Ok(()) => metrics.metrics().sink_ack(sink_name, started.elapsed()),

@@ -29,6 +29,7 @@ pub struct KafkaSinkConfig {
     pub create_topics: CreateTopicsConfig,
     /// After each `deleted` event, also publish a tombstone (same key, null value) so that
     /// compacted topics forget the object. Default: false.
+    #[serde(deserialize_with = "super::lenient::boolean")]
     pub tombstones: bool,
     /// What to do with an event larger than the topic accepts (`max.message.bytes` of the
     /// topic, `message.max.bytes` of the producer): `replace` (default) publishes a small
@@ -37,9 +38,11 @@ pub struct KafkaSinkConfig {
     pub on_oversize: OnOversize,
     /// Most messages the producer queue holds (`queue.buffering.max.messages`); when full,
     /// sending waits (backpressure to the watch loops). Default: 100000.
+    #[serde(deserialize_with = "super::lenient::number")]
     pub queue_max_messages: u32,
     /// Most kilobytes the producer queue holds (`queue.buffering.max.kbytes`). Default:
     /// 65536 (64 MiB): the bound on kubewire's memory while brokers are unreachable.
+    #[serde(deserialize_with = "super::lenient::number")]
     pub queue_max_kbytes: u32,
     /// `security.protocol`: `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
     pub security_protocol: KafkaSecurityProtocol,
@@ -160,10 +163,13 @@ impl KafkaSecurityProtocol {
 pub struct CreateTopicsConfig {
     /// Create a topic the first time an event goes to it and it does not exist. Default:
     /// false (a missing topic is an error).
+    #[serde(deserialize_with = "super::lenient::boolean")]
     pub enabled: bool,
     /// Partitions of a created topic (> 0). Default: 3.
+    #[serde(deserialize_with = "super::lenient::number")]
     pub partitions: i32,
     /// Replication factor of a created topic (> 0). Default: 1.
+    #[serde(deserialize_with = "super::lenient::number")]
     pub replication_factor: i32,
     /// `cleanup.policy` of a created topic: `delete` (default), `compact` or
     /// `compact,delete`. Use `compact` with `tombstones: true`.
@@ -217,6 +223,24 @@ mod tests {
 
     fn load(text: &str, env: &[(&str, &str)]) -> Config {
         Config::from_str_with_env(text, Format::Yaml, env.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn numeric_and_boolean_env_overrides_inside_the_sink_parse() {
+        let c = load(
+            FULL,
+            &[
+                ("KUBEWIRE__SINK__QUEUE_MAX_MESSAGES", "777"),
+                ("KUBEWIRE__SINK__TOMBSTONES", "false"),
+                ("KUBEWIRE__SINK__CREATE_TOPICS__PARTITIONS", "12"),
+            ],
+        );
+        let SinkConfig::Kafka(k) = &c.sink else {
+            panic!("{:?}", c.sink)
+        };
+        assert_eq!(k.queue_max_messages, 777);
+        assert!(!k.tombstones);
+        assert_eq!(k.create_topics.partitions, 12);
     }
 
     const FULL: &str = "resources:\n  - resource: configmaps\n    kafka: {topic: 'cm.{namespace}'}\n\

@@ -17,6 +17,7 @@
 //! explicitly ([`Config::load_with_env`]) so tests never touch the process environment.
 
 mod kafka;
+mod lenient;
 mod nats;
 mod resource_ref;
 mod validate;

@@ -75,7 +75,11 @@ impl ExportSettings {
     /// `OTEL_SDK_DISABLED=true` and `OTEL_TRACES_EXPORTER=none` turn them off too.
     /// `env` reads a variable (the process environment in `main`, a map in tests).
     pub fn resolve(config: &OtlpConfig, env: impl Fn(&str) -> Option<String>) -> Option<Self> {
-        let var = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let var = |name: &str| {
+            env(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
             || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
         {
@@ -96,7 +100,9 @@ impl ExportSettings {
             endpoint,
             service_name,
             max_queue_size: config.max_queue_size.max(1),
-            max_export_batch_size: config.max_export_batch_size.clamp(1, config.max_queue_size.max(1)),
+            max_export_batch_size: config
+                .max_export_batch_size
+                .clamp(1, config.max_queue_size.max(1)),
             scheduled_delay: Duration::from_millis(config.scheduled_delay_ms.max(1)),
             export_timeout: Duration::from_millis(config.export_timeout_ms.max(1)),
         })
@@ -132,7 +138,6 @@ impl Traces {
             .with_max_queue_size(settings.max_queue_size)
             .with_max_export_batch_size(settings.max_export_batch_size)
             .with_scheduled_delay(settings.scheduled_delay)
-            .with_max_export_timeout(settings.export_timeout)
             .build();
         let resource = opentelemetry_sdk::Resource::builder()
             .with_service_name(settings.service_name.clone())
@@ -159,7 +164,7 @@ impl Traces {
 
     /// The `tracing` layer that turns kubewire's spans into OpenTelemetry spans. It sees
     /// only kubewire's own spans (and the log events inside them, as span events).
-    pub fn layer<S>(&self) -> impl Layer<S> + Send + Sync + 'static
+    pub fn layer<S>(&self) -> impl Layer<S>
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {
@@ -325,7 +330,10 @@ mod tests {
         assert_eq!(
             settings(
                 &OtlpConfig::default(),
-                &[("OTEL_SERVICE_NAME", "x"), ("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]
+                &[
+                    ("OTEL_SERVICE_NAME", "x"),
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", " ")
+                ]
             ),
             None
         );

@@ -14,10 +14,12 @@ use futures::TryStreamExt;
 use kube::Resource;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::core::{DynamicObject, Request};
+use opentelemetry::trace::SpanContext;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::checkpoint::{IndexEntry, StreamCheckpoint};
 use crate::cluster::api_resource;
@@ -25,6 +27,7 @@ use crate::config::WatchConfig;
 use crate::event::{
     Change, ChangeType, Event, EventError, ObjectRef, Origin, RelistMarker, StreamId, TraceContext,
 };
+use crate::telemetry::traces::{self, TARGET};
 use crate::telemetry::{StreamMetrics, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +68,14 @@ pub enum WatchError {
 pub enum Item {
     /// A change. `publish: false` when the stream filters that type out (or `initial: false`
     /// suppresses the snapshot): it still moves the index. `advance` is the resourceVersion
-    /// the checkpoint may take once this item and all before it are acknowledged.
+    /// the checkpoint may take once this item and all before it are acknowledged. `span` is
+    /// the event's trace span (see `telemetry::traces`), ended at the sink's acknowledgement;
+    /// disabled when traces are off or the event is not published.
     Event {
         event: Box<Event>,
         publish: bool,
         advance: Option<String>,
+        span: tracing::Span,
     },
     /// A bookmark or the end of a list: the checkpoint may move here once all before it are acked.
     Advance(String),
@@ -95,6 +101,12 @@ enum Step {
     Watch(&'static str),
 }
 
+/// Placeholder until `traces::event_span` gives an event its trace context.
+const UNSET_TRACE: TraceContext = TraceContext {
+    trace_id: [0; 16],
+    span_id: [0; 8],
+};
+
 /// How long a loop may wait on a full pipeline before it shows a sign of life again.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -114,6 +126,8 @@ pub struct WatchLoop {
     metrics: StreamMetrics,
     /// The stream's display name: its key in health reports.
     name: String,
+    /// The span of the list or watch request in progress: event spans link to it.
+    carrier: SpanContext,
 }
 
 impl WatchLoop {
@@ -141,6 +155,7 @@ impl WatchLoop {
             name,
             telemetry,
             metrics,
+            carrier: SpanContext::empty_context(),
         }
     }
 
@@ -216,17 +231,52 @@ impl WatchLoop {
         }
     }
 
+    /// One list or one watch request, as a span of its own (`kubewire.list`,
+    /// `kubewire.relist`, `kubewire.watch`, with the cause of the (re)start).
     async fn step(&mut self, step: &Step) -> Result<Step, WatchError> {
-        match *step {
-            Step::List(cause) => {
-                self.metrics.watch_start(cause);
-                self.list().await
-            }
-            Step::Watch(cause) => {
-                self.metrics.watch_start(cause);
-                self.watch().await
-            }
+        let (span, cause) = match *step {
+            Step::List(cause) => (
+                tracing::info_span!(
+                    target: TARGET,
+                    parent: None,
+                    "kubewire.list",
+                    otel.name = if self.had_checkpoint { traces::RELIST_SPAN } else { traces::LIST_SPAN },
+                    k8s.cluster.name = %self.spec.id.cluster,
+                    kubewire.stream = %self.name,
+                    kubewire.cause = cause,
+                    otel.status_code = tracing::field::Empty,
+                    otel.status_description = tracing::field::Empty,
+                ),
+                cause,
+            ),
+            Step::Watch(cause) => (
+                tracing::info_span!(
+                    target: TARGET,
+                    parent: None,
+                    "kubewire.watch",
+                    k8s.cluster.name = %self.spec.id.cluster,
+                    kubewire.stream = %self.name,
+                    kubewire.cause = cause,
+                    kubewire.resource_version = self.resource_version.as_deref().unwrap_or(""),
+                    otel.status_code = tracing::field::Empty,
+                    otel.status_description = tracing::field::Empty,
+                ),
+                cause,
+            ),
+        };
+        self.metrics.watch_start(cause);
+        self.carrier = traces::span_context(&span);
+        let result = match *step {
+            Step::List(_) => self.list().instrument(span.clone()).await,
+            Step::Watch(_) => self.watch().instrument(span.clone()).await,
+        };
+        match &result {
+            // 410 is the protocol working as designed, not a failure of the request.
+            Err(WatchError::Gone) | Ok(_) => {}
+            Err(e) => traces::record_error(&span, e),
         }
+        self.carrier = SpanContext::empty_context();
+        result
     }
 
     fn api_error(&self, verb: &'static str, e: kube::Error) -> WatchError {
@@ -400,7 +450,7 @@ impl WatchLoop {
             deletions.push(self.change_item(ChangeType::Deleted, origin, r, data, publish, None));
         }
         if relist {
-            let marker = RelistMarker {
+            let mut marker = Event::Relisted(RelistMarker {
                 stream: self.spec.id.clone(),
                 from_resource_version: self.resource_version.clone(),
                 to_resource_version: list_rv.clone(),
@@ -409,14 +459,19 @@ impl WatchLoop {
                 deleted,
                 unchanged,
                 observed: Utc::now(),
-                trace: TraceContext::random(),
-            };
-            tracing::info!(stream = %self.spec.id, from = ?marker.from_resource_version, to = %list_rv, added, modified, deleted, unchanged, "relisted");
+                trace: UNSET_TRACE,
+            });
+            let (span, trace) = traces::event_span(&marker, &self.carrier);
+            if let Event::Relisted(m) = &mut marker {
+                m.trace = trace;
+            }
+            tracing::info!(stream = %self.spec.id, from = ?self.resource_version, to = %list_rv, added, modified, deleted, unchanged, "relisted");
             self.metrics.relisted(added, modified, deleted);
             self.send(Item::Event {
-                event: Box::new(Event::Relisted(marker)),
+                event: Box::new(marker),
                 publish: true,
                 advance: None,
+                span,
             })
             .await?;
         } else {
@@ -466,18 +521,34 @@ impl WatchLoop {
                 );
             }
         }
+        let mut event = Event::Object(Change {
+            stream: self.spec.id.clone(),
+            change,
+            origin,
+            object,
+            data,
+            observed: Utc::now(),
+            trace: if publish {
+                UNSET_TRACE
+            } else {
+                TraceContext::random()
+            },
+        });
+        // Only an event that will be published gets a span (and its trace context).
+        let span = if publish {
+            let (span, trace) = traces::event_span(&event, &self.carrier);
+            if let Event::Object(c) = &mut event {
+                c.trace = trace;
+            }
+            span
+        } else {
+            tracing::Span::none()
+        };
         Item::Event {
-            event: Box::new(Event::Object(Change {
-                stream: self.spec.id.clone(),
-                change,
-                origin,
-                object,
-                data,
-                observed: Utc::now(),
-                trace: TraceContext::random(),
-            })),
+            event: Box::new(event),
             publish,
             advance,
+            span,
         }
     }
 
