@@ -388,7 +388,7 @@ async fn core_nats_mode_publishes_fire_and_forget_with_headers() {
 }
 
 #[tokio::test]
-async fn oversize_event_is_rejected_naming_the_object_and_later_events_flow() {
+async fn oversize_event_is_replaced_by_a_stand_in_naming_the_object_and_later_events_flow() {
     let (client, dir, ns) = setup("kw-nats-big").await;
     let (_nc, ctx) = js().await;
     let prefix = unique_prefix("kwbig");
@@ -417,19 +417,55 @@ async fn oversize_event_is_rejected_naming_the_object_and_later_events_flow() {
         p.iter().any(|p| p.event["k8sname"] == "after").then_some(p)
     })
     .await;
-    let names: Vec<&str> = published
+    let seq: Vec<(&str, &str)> = published
         .iter()
-        .map(|p| p.event["k8sname"].as_str().unwrap())
+        .map(|p| {
+            (
+                p.event["k8sname"].as_str().unwrap(),
+                p.event["type"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(names, ["before", "after"]);
-    kw.wait_log(30, 1, "event not delivered", 1).await;
-    let logged = kw.log_messages(1, "event not delivered");
-    let error = logged[0]["error"].as_str().unwrap();
-    assert!(
-        error.contains(&format!("core/v1/configmaps/{ns}/big")) && error.contains("max payload"),
-        "{error}"
+    // The same behaviour as the Kafka sink: a small stand-in event keeps the object's
+    // place in its stream (identity and version, no data) and says why.
+    assert_eq!(
+        seq,
+        [
+            ("before", "io.kubewire.object.added"),
+            ("big", "io.kubewire.object.oversize"),
+            ("after", "io.kubewire.object.added"),
+        ]
     );
-    assert!(logged[0]["id"].as_str().unwrap().ends_with("/added"));
+    let stand_in = &published[1].event;
+    assert!(
+        stand_in["id"]
+            .as_str()
+            .unwrap()
+            .ends_with("/added/oversize")
+    );
+    assert!(
+        stand_in
+            .get("data")
+            .is_some_and(|d| d.get("data").is_none()),
+        "no object data"
+    );
+    assert_eq!(stand_in["data"]["originalType"], "io.kubewire.object.added");
+    assert!(stand_in["k8sresourceversion"].is_string());
+    let why = stand_in["kubewireerror"].as_str().unwrap();
+    assert!(
+        why.contains("exceeds") && why.contains("NATS server"),
+        "{why}"
+    );
+    let logged = kw.log_messages(
+        1,
+        "event larger than the NATS server accepts; publishing an oversize event in its place",
+    );
+    assert_eq!(
+        logged.len(),
+        1,
+        "the error is logged once, naming the object"
+    );
+    assert_eq!(logged[0]["subject"], format!("core/v1/configmaps/{ns}/big"));
     drop(kw);
     nats_support::delete_stream(&ctx, &stream).await;
 }

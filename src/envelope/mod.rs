@@ -305,6 +305,54 @@ fn encode_marker(marker: &RelistMarker) -> Result<Encoded, EnvelopeError> {
     })
 }
 
+/// CloudEvents `type` of the event that stands in for one too large for its destination.
+pub const OVERSIZE_TYPE: &str = "io.kubewire.object.oversize";
+
+/// The small event that stands in for `msg` when it is larger than its destination accepts
+/// (the same behaviour for every sink): the original's attributes (identity, version, trace)
+/// without its data, type [`OVERSIZE_TYPE`], id `<original id>/oversize`, a `kubewireerror`
+/// attribute naming the limit, and data saying how large it was. Consumers learn that the
+/// object changed and where to read it (the API server); nothing else is lost.
+pub fn oversize(msg: &Encoded, size: usize, limit: usize, destination: &str) -> Encoded {
+    use serde_json::{Map, Value, json};
+    let mut doc: Map<String, Value> = serde_json::from_slice(&msg.payload).unwrap_or_default();
+    doc.remove("data");
+    let id = format!("{}/oversize", msg.id);
+    doc.insert("specversion".into(), json!("1.0"));
+    doc.insert("id".into(), json!(id));
+    doc.insert("type".into(), json!(OVERSIZE_TYPE));
+    doc.insert("source".into(), json!(msg.source));
+    doc.insert("subject".into(), json!(msg.subject));
+    doc.insert("datacontenttype".into(), json!("application/json"));
+    doc.insert(
+        "kubewireerror".into(),
+        json!(format!(
+            "event of {size} bytes exceeds the {limit} bytes {destination} accepts"
+        )),
+    );
+    doc.insert(
+        "data".into(),
+        json!({
+            "originalId": msg.id,
+            "originalType": msg.ce_type,
+            "size": size,
+            "limit": limit,
+            "destination": destination,
+        }),
+    );
+    Encoded {
+        id,
+        key: msg.key.clone(),
+        ce_type: OVERSIZE_TYPE.into(),
+        source: msg.source.clone(),
+        subject: msg.subject.clone(),
+        traceparent: msg.traceparent.clone(),
+        payload: serde_json::to_vec(&Value::Object(doc)).expect("a JSON map serialises"),
+        attrs: msg.attrs.clone(),
+        destination: msg.destination.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -37,11 +37,11 @@ use tokio::sync::{Notify, oneshot};
 use self::topics::{Lookup, Topics};
 use super::{Ack, SendFuture, Sink, SinkError, SinkHealth};
 use crate::config::{KafkaSinkConfig, OnOversize};
-use crate::envelope::Encoded;
 use crate::envelope::template::{Placeholder, Template};
+use crate::envelope::{self, Encoded};
 
 /// `type` of the event published in place of one too large for its topic.
-pub const OVERSIZE_TYPE: &str = "io.kubewire.object.oversize";
+pub use crate::envelope::OVERSIZE_TYPE;
 
 /// Bytes a record costs beyond its key, value and headers (record and batch framing),
 /// rounded up: the margin of the size check.
@@ -436,55 +436,28 @@ impl Inner {
 /// type [`OVERSIZE_TYPE`], id `<original id>/oversize`, a `kubewireerror` attribute and
 /// data saying how large it was.
 fn oversize_replacement(out: Out, size: usize, limit: usize) -> Out {
-    use serde_json::{Map, Value, json};
-    let original: Map<String, Value> = out
-        .payload
-        .as_deref()
-        .and_then(|p| serde_json::from_slice(p).ok())
-        .unwrap_or_default();
-    let mut doc = Map::new();
-    for (k, v) in original {
-        if k != "data" {
-            doc.insert(k, v);
-        }
-    }
-    let original_id = out.header("ce_id").unwrap_or_default();
-    let original_type = out.header("ce_type").unwrap_or_default();
-    let source = out.header("ce_source").unwrap_or_default();
-    let subject = out.header("ce_subject").unwrap_or_default();
-    let traceparent = out.header("traceparent").unwrap_or_default();
-    let id = format!("{original_id}/oversize");
-    let error = format!(
-        "event of {size} bytes exceeds the {limit} bytes topic {} accepts",
-        out.topic
-    );
-    doc.insert("specversion".into(), json!("1.0"));
-    doc.insert("id".into(), json!(id));
-    doc.insert("type".into(), json!(OVERSIZE_TYPE));
-    doc.insert("source".into(), json!(source));
-    doc.insert("subject".into(), json!(subject));
-    doc.insert("datacontenttype".into(), json!("application/json"));
-    doc.insert("kubewireerror".into(), json!(error));
-    doc.insert(
-        "data".into(),
-        json!({
-            "originalId": original_id,
-            "originalType": original_type,
-            "size": size,
-            "limit": limit,
-            "topic": out.topic,
-        }),
-    );
-    let payload = serde_json::to_vec(&Value::Object(doc)).unwrap_or_default();
+    let header = |name: &str| out.header(name).unwrap_or_default();
+    let original = Encoded {
+        id: header("ce_id"),
+        key: out.key.clone(),
+        ce_type: header("ce_type"),
+        source: header("ce_source"),
+        subject: header("ce_subject"),
+        traceparent: header("traceparent"),
+        payload: out.payload.clone().unwrap_or_default(),
+        attrs: Default::default(),
+        destination: None,
+    };
+    let r = envelope::oversize(&original, size, limit, &format!("topic {}", out.topic));
     Out {
         headers: Some(ce_headers(
-            &id,
+            &r.id,
             OVERSIZE_TYPE,
-            &source,
-            &subject,
-            &traceparent,
+            &r.source,
+            &r.subject,
+            &r.traceparent,
         )),
-        payload: Some(payload),
+        payload: Some(r.payload),
         topic: out.topic,
         key: out.key,
         deleted: out.deleted,

@@ -61,6 +61,7 @@ pub(crate) struct JetStreamSink {
     window: Arc<Semaphore>,
     jobs: mpsc::UnboundedSender<Job>,
     health: Arc<Health>,
+    max_payload: usize,
 }
 
 impl JetStreamSink {
@@ -70,6 +71,7 @@ impl JetStreamSink {
         window: usize,
         health: Arc<Health>,
         connected: watch::Receiver<bool>,
+        max_payload: usize,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let pipeline = Pipeline {
@@ -89,6 +91,7 @@ impl JetStreamSink {
             window: Arc::new(Semaphore::new(window)),
             jobs: tx,
             health,
+            max_payload,
         }
     }
 }
@@ -97,6 +100,7 @@ impl Sink for JetStreamSink {
     fn send(&self, msg: Encoded) -> SendFuture<'_> {
         Box::pin(async move {
             let subject = self.template.render(&msg.attrs);
+            let msg = super::fit(msg, &subject, self.max_payload);
             let permit = self
                 .window
                 .clone()

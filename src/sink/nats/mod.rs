@@ -52,7 +52,15 @@ pub async fn build(cfg: &NatsSinkConfig) -> Result<Box<dyn Sink>, SinkError> {
             .backpressure_on_inflight(true)
             .build(client.clone());
         prepare_stream(&ctx, cfg, &template).await?;
-        let sink = jetstream::JetStreamSink::start(ctx, template, window, health, connected_rx);
+        let max_payload = client.server_info().max_payload;
+        let sink = jetstream::JetStreamSink::start(
+            ctx,
+            template,
+            window,
+            health,
+            connected_rx,
+            max_payload,
+        );
         Ok(Box::new(sink))
     } else {
         tracing::warn!(
@@ -242,6 +250,30 @@ async fn prepare_stream(
     Ok(())
 }
 
+/// An event larger than the server's `max_payload` (payload and headers) is replaced by the
+/// oversize event, as in every sink (`envelope::oversize`); the error names the object.
+fn fit(msg: Encoded, subject: &str, max_payload: usize) -> Encoded {
+    // Header names, values and framing: generous, so the estimate never undershoots.
+    let headers = 2 * msg.id.len()
+        + msg.ce_type.len()
+        + msg.source.len()
+        + msg.subject.len()
+        + msg.traceparent.len()
+        + 256;
+    let size = msg.payload.len() + headers;
+    if max_payload == 0 || size <= max_payload {
+        return msg;
+    }
+    tracing::error!(sink = "nats", id = %msg.id, subject = %msg.subject, size, limit = max_payload,
+        "event larger than the NATS server accepts; publishing an oversize event in its place");
+    crate::envelope::oversize(
+        &msg,
+        size,
+        max_payload,
+        &format!("NATS server (subject {subject})"),
+    )
+}
+
 /// The NATS headers of an event.
 fn headers(msg: &Encoded) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -323,6 +355,7 @@ impl Sink for CoreSink {
     fn send(&self, msg: Encoded) -> SendFuture<'_> {
         Box::pin(async move {
             let subject = self.template.render(&msg.attrs);
+            let msg = fit(msg, &subject, self.client.server_info().max_payload);
             let headers = headers(&msg);
             let size = msg.payload.len();
             let payload = Bytes::from(msg.payload);
