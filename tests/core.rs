@@ -4,7 +4,10 @@
 mod common;
 mod harness;
 
-use harness::{Kubewire, change, check_duplicates, cluster_configmaps, configmap, create_namespace, object_events, replay};
+use harness::{
+    Kubewire, change, check_duplicates, cluster_configmaps, configmap, create_namespace,
+    object_events, replay,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -26,7 +29,10 @@ async fn setup(prefix: &str, n: usize) -> (kube::Client, tempfile::TempDir, Vec<
 }
 
 fn configmaps_in(namespaces: &[String]) -> String {
-    format!("  - resource: configmaps\n    namespaces: [{}]\n", namespaces.join(", "))
+    format!(
+        "  - resource: configmaps\n    namespaces: [{}]\n",
+        namespaces.join(", ")
+    )
 }
 
 #[tokio::test]
@@ -40,7 +46,14 @@ async fn configmap_changes_in_two_namespaces_yield_exact_ordered_events() {
     let pp = PostParams::default();
     let c1 = a.create(&pp, &configmap("one", &[], "1")).await.unwrap();
     let c2 = b.create(&pp, &configmap("two", &[], "1")).await.unwrap();
-    let c1m = a.patch("one", &PatchParams::default(), &merge(json!({"data": {"value": "2"}}))).await.unwrap();
+    let c1m = a
+        .patch(
+            "one",
+            &PatchParams::default(),
+            &merge(json!({"data": {"value": "2"}})),
+        )
+        .await
+        .unwrap();
     b.delete("two", &DeleteParams::default()).await.unwrap();
     let c2d = b.get_opt("two").await.unwrap();
     assert!(c2d.is_none());
@@ -51,14 +64,23 @@ async fn configmap_changes_in_two_namespaces_yield_exact_ordered_events() {
     assert_eq!(events.len(), 4, "exactly four events: {events:#?}");
     let one = object_events(&events, &ns[0], "one");
     let two = object_events(&events, &ns[1], "two");
-    assert_eq!(one.iter().map(|e| change(e)).collect::<Vec<_>>(), ["added", "modified"]);
-    assert_eq!(two.iter().map(|e| change(e)).collect::<Vec<_>>(), ["added", "deleted"]);
+    assert_eq!(
+        one.iter().map(|e| change(e)).collect::<Vec<_>>(),
+        ["added", "modified"]
+    );
+    assert_eq!(
+        two.iter().map(|e| change(e)).collect::<Vec<_>>(),
+        ["added", "deleted"]
+    );
 
     let uid1 = c1.metadata.uid.clone().unwrap();
     let uid2 = c2.metadata.uid.clone().unwrap();
     let rv = |c: &ConfigMap| c.metadata.resource_version.clone().unwrap();
     assert_eq!(one[0]["id"], format!("default/{uid1}/{}/added", rv(&c1)));
-    assert_eq!(one[1]["id"], format!("default/{uid1}/{}/modified", rv(&c1m)));
+    assert_eq!(
+        one[1]["id"],
+        format!("default/{uid1}/{}/modified", rv(&c1m))
+    );
     assert_eq!(two[0]["id"], format!("default/{uid2}/{}/added", rv(&c2)));
     assert_eq!(two[1]["k8suid"], uid2.as_str());
     for e in &events {
@@ -67,7 +89,10 @@ async fn configmap_changes_in_two_namespaces_yield_exact_ordered_events() {
         assert_eq!(e["source"], "kubewire/default");
         assert_eq!(e["k8skind"], "ConfigMap");
         assert!(e["traceparent"].as_str().unwrap().starts_with("00-"));
-        assert!(e["data"]["metadata"].get("managedFields").is_none(), "managedFields stripped");
+        assert!(
+            e["data"]["metadata"].get("managedFields").is_none(),
+            "managedFields stripped"
+        );
     }
     assert_eq!(one[1]["data"]["data"]["value"], "2");
 }
@@ -81,24 +106,50 @@ async fn restart_within_watch_window_resumes_without_list_and_publishes_each_cha
     api.create(&pp, &configmap("gone", &[], "1")).await.unwrap();
 
     let mut kw = Kubewire::start(dir.path(), &configmaps_in(&ns));
-    kw.wait_events(60, "initial snapshot of 2", |ev| ev.len() >= 2).await;
+    kw.wait_events(60, "initial snapshot of 2", |ev| ev.len() >= 2)
+        .await;
     assert!(kw.stop().await.success(), "SIGTERM exits 0");
 
-    api.patch("keep", &PatchParams::default(), &merge(json!({"data": {"value": "2"}}))).await.unwrap();
+    api.patch(
+        "keep",
+        &PatchParams::default(),
+        &merge(json!({"data": {"value": "2"}})),
+    )
+    .await
+    .unwrap();
     api.delete("gone", &DeleteParams::default()).await.unwrap();
     api.create(&pp, &configmap("new", &[], "1")).await.unwrap();
 
     kw.restart();
-    let events = kw.wait_events(60, "3 changes after restart", |ev| ev.len() >= 5).await;
+    let events = kw
+        .wait_events(60, "3 changes after restart", |ev| ev.len() >= 5)
+        .await;
     kw.wait_log(30, 2, "resuming from checkpoint", 1).await;
-    assert!(kw.log_messages(2, "listing").is_empty(), "the resumed run made no LIST: {:#?}", kw.logs(2));
-    assert_eq!(kw.log_messages(1, "listing").len(), 1, "the first run listed once");
+    assert!(
+        kw.log_messages(2, "listing").is_empty(),
+        "the resumed run made no LIST: {:#?}",
+        kw.logs(2)
+    );
+    assert_eq!(
+        kw.log_messages(1, "listing").len(),
+        1,
+        "the first run listed once"
+    );
 
-    let after: Vec<_> = events[2..].iter().map(|e| (e["k8sname"].as_str().unwrap(), change(e))).collect();
-    assert_eq!(after, [("keep", "modified"), ("gone", "deleted"), ("new", "added")]);
+    let after: Vec<_> = events[2..]
+        .iter()
+        .map(|e| (e["k8sname"].as_str().unwrap(), change(e)))
+        .collect();
+    assert_eq!(
+        after,
+        [("keep", "modified"), ("gone", "deleted"), ("new", "added")]
+    );
     assert!(events[2..].iter().all(|e| e["kubewireorigin"] == "watch"));
     assert_eq!(check_duplicates(&events), 0, "every change published once");
-    assert_eq!(replay(&events), cluster_configmaps(&client, &[&ns[0]]).await);
+    assert_eq!(
+        replay(&events),
+        cluster_configmaps(&client, &[&ns[0]]).await
+    );
 }
 
 #[tokio::test]
@@ -121,14 +172,21 @@ async fn custom_resources_are_watched_by_kind_name() {
     crds.create(&PostParams::default(), &crd).await.unwrap();
     common::eventually(30, "CRD established", || async {
         let c = crds.get(&format!("gadgets.{group}")).await.ok()?;
-        let established = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+        let established = c
+            .status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
         established.then_some(())
     })
     .await;
 
     let kw = Kubewire::start(
         dir.path(),
-        &format!("  - resource: Gadget.v1.{group}\n    namespaces: [{}]\n", ns[0]),
+        &format!(
+            "  - resource: Gadget.v1.{group}\n    namespaces: [{}]\n",
+            ns[0]
+        ),
     );
     kw.wait_log(60, 1, "initial list done", 1).await;
     let ar = kube::discovery::ApiResource {
@@ -145,7 +203,9 @@ async fn custom_resources_are_watched_by_kind_name() {
     }))
     .unwrap();
     gadgets.create(&PostParams::default(), &obj).await.unwrap();
-    let events = kw.wait_events(60, "the Gadget's Added", |ev| !ev.is_empty()).await;
+    let events = kw
+        .wait_events(60, "the Gadget's Added", |ev| !ev.is_empty())
+        .await;
     assert_eq!(change(&events[0]), "added");
     assert_eq!(events[0]["k8skind"], "Gadget");
     assert_eq!(events[0]["k8sgroup"], group.as_str());
@@ -157,20 +217,47 @@ async fn label_selector_transitions_yield_deleted_and_added() {
     let (client, dir, ns) = setup("kw-label", 1).await;
     let kw = Kubewire::start(
         dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{}]\n    labelSelector: tier=front\n", ns[0]),
+        &format!(
+            "  - resource: configmaps\n    namespaces: [{}]\n    labelSelector: tier=front\n",
+            ns[0]
+        ),
     );
     kw.wait_log(60, 1, "initial list done", 1).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns[0]);
-    api.create(&PostParams::default(), &configmap("sel", &[("tier", "front")], "1")).await.unwrap();
-    api.create(&PostParams::default(), &configmap("other", &[("tier", "back")], "1")).await.unwrap();
-    kw.wait_events(60, "Added of the matching object", |ev| !ev.is_empty()).await;
+    api.create(
+        &PostParams::default(),
+        &configmap("sel", &[("tier", "front")], "1"),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &configmap("other", &[("tier", "back")], "1"),
+    )
+    .await
+    .unwrap();
+    kw.wait_events(60, "Added of the matching object", |ev| !ev.is_empty())
+        .await;
     let relabel = |tier: &str| merge(json!({"metadata": {"labels": {"tier": tier}}}));
-    api.patch("sel", &PatchParams::default(), &relabel("back")).await.unwrap();
-    kw.wait_events(60, "Deleted when it stops matching", |ev| ev.len() >= 2).await;
-    api.patch("sel", &PatchParams::default(), &relabel("front")).await.unwrap();
-    let events = kw.wait_events(60, "Added when it matches again", |ev| ev.len() >= 3).await;
-    let seq: Vec<_> = events.iter().map(|e| (e["k8sname"].as_str().unwrap(), change(e))).collect();
-    assert_eq!(seq, [("sel", "added"), ("sel", "deleted"), ("sel", "added")]);
+    api.patch("sel", &PatchParams::default(), &relabel("back"))
+        .await
+        .unwrap();
+    kw.wait_events(60, "Deleted when it stops matching", |ev| ev.len() >= 2)
+        .await;
+    api.patch("sel", &PatchParams::default(), &relabel("front"))
+        .await
+        .unwrap();
+    let events = kw
+        .wait_events(60, "Added when it matches again", |ev| ev.len() >= 3)
+        .await;
+    let seq: Vec<_> = events
+        .iter()
+        .map(|e| (e["k8sname"].as_str().unwrap(), change(e)))
+        .collect();
+    assert_eq!(
+        seq,
+        [("sel", "added"), ("sel", "deleted"), ("sel", "added")]
+    );
 }
 
 #[tokio::test]
@@ -181,7 +268,12 @@ async fn forbidden_resource_is_named_and_the_others_keep_flowing() {
     let ns = &ns[0];
     let pp = PostParams::default();
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    sas.create(&pp, &serde_json::from_value(json!({"metadata": {"name": "kubewire"}})).unwrap()).await.unwrap();
+    sas.create(
+        &pp,
+        &serde_json::from_value(json!({"metadata": {"name": "kubewire"}})).unwrap(),
+    )
+    .await
+    .unwrap();
     let roles: Api<Role> = Api::namespaced(client.clone(), ns);
     roles.create(&pp, &serde_json::from_value(json!({
         "metadata": {"name": "kubewire"},
@@ -193,8 +285,13 @@ async fn forbidden_resource_is_named_and_the_others_keep_flowing() {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubewire"},
         "subjects": [{"kind": "ServiceAccount", "name": "kubewire", "namespace": ns}]
     })).unwrap()).await.unwrap();
-    let tr: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
-    let token = sas.create_token_request("kubewire", &pp, &tr).await.unwrap();
+    let tr: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let token = sas
+        .create_token_request("kubewire", &pp, &tr)
+        .await
+        .unwrap();
     let token = token.status.unwrap().token;
     let kubeconfig = dir.path().join("sa.kubeconfig");
     std::fs::write(&kubeconfig, format!(
@@ -204,18 +301,36 @@ async fn forbidden_resource_is_named_and_the_others_keep_flowing() {
 
     let kw = Kubewire::start_with(
         dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n  - resource: secrets\n    namespaces: [{ns}]\n"),
-        &format!("clusters:\n  - name: limited\n    kubeconfig: {}\n", kubeconfig.display()),
+        &format!(
+            "  - resource: configmaps\n    namespaces: [{ns}]\n  - resource: secrets\n    namespaces: [{ns}]\n"
+        ),
+        &format!(
+            "clusters:\n  - name: limited\n    kubeconfig: {}\n",
+            kubeconfig.display()
+        ),
     );
-    kw.wait_log(60, 1, "stream failing; retrying with backoff", 1).await;
+    kw.wait_log(60, 1, "stream failing; retrying with backoff", 1)
+        .await;
     let failing = kw.log_messages(1, "stream failing; retrying with backoff");
     let err = failing[0]["error"].as_str().unwrap();
-    assert!(err.contains(&format!("secrets in namespace \"{ns}\"")), "names the resource: {err}");
-    assert!(err.contains("403") && err.contains("Forbidden"), "says forbidden: {err}");
+    assert!(
+        err.contains(&format!("secrets in namespace \"{ns}\"")),
+        "names the resource: {err}"
+    );
+    assert!(
+        err.contains("403") && err.contains("Forbidden"),
+        "says forbidden: {err}"
+    );
 
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    cms.create(&pp, &configmap("flows", &[], "1")).await.unwrap();
-    let events = kw.wait_events(60, "configmap event despite the forbidden secrets", |ev| !ev.is_empty()).await;
+    cms.create(&pp, &configmap("flows", &[], "1"))
+        .await
+        .unwrap();
+    let events = kw
+        .wait_events(60, "configmap event despite the forbidden secrets", |ev| {
+            !ev.is_empty()
+        })
+        .await;
     assert_eq!(events[0]["k8sname"], "flows");
     assert_eq!(events[0]["source"], "kubewire/limited");
 }
@@ -240,7 +355,10 @@ async fn check_config_reports_every_problem_with_its_path() {
         "resources[2].resource",
         "sink.path",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 
     let good = dir.path().join("good.toml");
@@ -251,7 +369,12 @@ async fn check_config_reports_every_problem_with_its_path() {
         .env("KUBECONFIG", common::var("KUBECONFIG"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -268,12 +391,28 @@ async fn kill9_during_a_burst_then_restart_replays_to_the_cluster_state() {
                 let name = format!("cm-{}", i % 40);
                 match i % 5 {
                     0..=2 => {
-                        if api.create(&pp, &configmap(&name, &[], &i.to_string())).await.is_err() {
-                            api.patch(&name, &PatchParams::default(), &merge(json!({"data": {"value": i.to_string()}}))).await.unwrap();
+                        if api
+                            .create(&pp, &configmap(&name, &[], &i.to_string()))
+                            .await
+                            .is_err()
+                        {
+                            api.patch(
+                                &name,
+                                &PatchParams::default(),
+                                &merge(json!({"data": {"value": i.to_string()}})),
+                            )
+                            .await
+                            .unwrap();
                         }
                     }
                     3 => {
-                        let _ = api.patch(&name, &PatchParams::default(), &merge(json!({"data": {"value": i.to_string()}}))).await;
+                        let _ = api
+                            .patch(
+                                &name,
+                                &PatchParams::default(),
+                                &merge(json!({"data": {"value": i.to_string()}})),
+                            )
+                            .await;
                     }
                     _ => {
                         let _ = api.delete(&name, &DeleteParams::default()).await;
@@ -282,7 +421,8 @@ async fn kill9_during_a_burst_then_restart_replays_to_the_cluster_state() {
             }
         }
     });
-    kw.wait_events(60, "some events before the kill", |ev| ev.len() >= 20).await;
+    kw.wait_events(60, "some events before the kill", |ev| ev.len() >= 20)
+        .await;
     assert!(!writer.is_finished(), "the kill must land during the burst");
     kw.kill9();
     writer.await.unwrap();
@@ -298,7 +438,10 @@ async fn kill9_during_a_burst_then_restart_replays_to_the_cluster_state() {
 #[tokio::test]
 async fn secret_values_never_appear_in_the_output_by_default() {
     let (client, dir, ns) = setup("kw-secret", 1).await;
-    let kw = Kubewire::start(dir.path(), &format!("  - resource: secrets\n    namespaces: [{}]\n", ns[0]));
+    let kw = Kubewire::start(
+        dir.path(),
+        &format!("  - resource: secrets\n    namespaces: [{}]\n", ns[0]),
+    );
     kw.wait_log(60, 1, "initial list done", 1).await;
     let api: Api<Secret> = Api::namespaced(client.clone(), &ns[0]);
     let plain = "hunter2-very-secret-value";
@@ -311,18 +454,32 @@ async fn secret_values_never_appear_in_the_output_by_default() {
     }))
     .unwrap();
     api.create(&PostParams::default(), &secret).await.unwrap();
-    api.patch("s", &PatchParams::default(), &merge(json!({"stringData": {"b": "changed-secret"}}))).await.unwrap();
-    let events = kw.wait_events(60, "secret added and modified", |ev| ev.len() >= 2).await;
+    api.patch(
+        "s",
+        &PatchParams::default(),
+        &merge(json!({"stringData": {"b": "changed-secret"}})),
+    )
+    .await
+    .unwrap();
+    let events = kw
+        .wait_events(60, "secret added and modified", |ev| ev.len() >= 2)
+        .await;
     let raw = kw.output();
     assert!(!raw.contains(plain), "plain value leaked");
-    assert!(!raw.contains(&base64(plain.as_bytes())), "base64 value leaked");
+    assert!(
+        !raw.contains(&base64(plain.as_bytes())),
+        "base64 value leaked"
+    );
     assert!(!raw.contains("changed-secret") && !raw.contains(&base64(b"changed-secret")));
     let a0 = events[0]["data"]["data"]["a"].as_str().unwrap();
     let b0 = events[0]["data"]["data"]["b"].as_str().unwrap();
     let b1 = events[1]["data"]["data"]["b"].as_str().unwrap();
     assert!(a0.starts_with("kubewire-redacted:"), "{a0}");
     assert_ne!(b0, b1, "the marker shows that the value changed");
-    assert_eq!(events[0]["data"]["data"]["a"], events[1]["data"]["data"]["a"], "unchanged value, same marker");
+    assert_eq!(
+        events[0]["data"]["data"]["a"], events[1]["data"]["data"]["a"],
+        "unchanged value, same marker"
+    );
 }
 
 fn base64(b: &[u8]) -> String {

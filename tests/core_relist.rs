@@ -6,7 +6,9 @@
 mod common;
 mod harness;
 
-use harness::{Kubewire, change, check_duplicates, cluster_configmaps, configmap, create_namespace, replay};
+use harness::{
+    Kubewire, change, check_duplicates, cluster_configmaps, configmap, create_namespace, replay,
+};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -23,26 +25,45 @@ async fn relist_after_compaction_reconciles_deletes_modifies_and_creates() {
     for name in ["stays", "changes", "goes", "recreated"] {
         api.create(&pp, &configmap(name, &[], "1")).await.unwrap();
     }
-    let mut kw = Kubewire::start(dir.path(), &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"));
-    kw.wait_events(60, "initial snapshot of 4", |ev| ev.len() >= 4).await;
+    let mut kw = Kubewire::start(
+        dir.path(),
+        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
+    );
+    kw.wait_events(60, "initial snapshot of 4", |ev| ev.len() >= 4)
+        .await;
     assert!(kw.stop().await.success());
     let before = kw.events().len();
 
-    api.patch("changes", &PatchParams::default(), &Patch::Merge(json!({"data": {"value": "2"}}))).await.unwrap();
+    api.patch(
+        "changes",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"value": "2"}})),
+    )
+    .await
+    .unwrap();
     api.delete("goes", &DeleteParams::default()).await.unwrap();
-    api.delete("recreated", &DeleteParams::default()).await.unwrap();
-    api.create(&pp, &configmap("recreated", &[], "new")).await.unwrap();
+    api.delete("recreated", &DeleteParams::default())
+        .await
+        .unwrap();
+    api.create(&pp, &configmap("recreated", &[], "new"))
+        .await
+        .unwrap();
     api.create(&pp, &configmap("born", &[], "1")).await.unwrap();
     common::testenv(&["compact"]);
 
     kw.restart();
     kw.wait_log(60, 2, "relisted", 1).await;
     let cluster = cluster_configmaps(&client, &[&ns]).await;
-    let events = kw.wait_events(60, "replay equals the cluster", |ev| replay(ev) == cluster).await;
+    let events = kw
+        .wait_events(60, "replay equals the cluster", |ev| replay(ev) == cluster)
+        .await;
     let after = &events[before..];
 
     let marker = &after[0];
-    assert_eq!(marker["type"], "io.kubewire.stream.relisted", "the marker comes first: {after:#?}");
+    assert_eq!(
+        marker["type"], "io.kubewire.stream.relisted",
+        "the marker comes first: {after:#?}"
+    );
     assert_eq!(marker["data"]["added"], 2, "born + recreated");
     assert_eq!(marker["data"]["modified"], 1);
     assert_eq!(marker["data"]["deleted"], 2, "goes + the old recreated");
@@ -54,19 +75,34 @@ async fn relist_after_compaction_reconciles_deletes_modifies_and_creates() {
         .iter()
         .map(|e| {
             assert_eq!(e["kubewireorigin"], "relist");
-            (e["k8sname"].as_str().unwrap().to_owned(), change(e).to_owned())
+            (
+                e["k8sname"].as_str().unwrap().to_owned(),
+                change(e).to_owned(),
+            )
         })
         .collect();
     // The old `recreated` must read Deleted before the new one's Added.
     let pos = |n: &str, c: &str| seen.iter().position(|(a, b)| a == n && b == c).unwrap();
     assert!(pos("recreated", "deleted") < pos("recreated", "added"));
     seen.sort();
-    let expect = [("born", "added"), ("changes", "modified"), ("goes", "deleted"), ("recreated", "added"), ("recreated", "deleted")];
-    let expect: Vec<(String, String)> = expect.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let expect = [
+        ("born", "added"),
+        ("changes", "modified"),
+        ("goes", "deleted"),
+        ("recreated", "added"),
+        ("recreated", "deleted"),
+    ];
+    let expect: Vec<(String, String)> = expect
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     assert_eq!(seen, expect);
     let goes = after.iter().find(|e| e["k8sname"] == "goes").unwrap();
     for f in ["apiVersion", "kind"] {
-        assert!(goes["data"][f].is_string(), "the synthetic Deleted carries the stored identity");
+        assert!(
+            goes["data"][f].is_string(),
+            "the synthetic Deleted carries the stored identity"
+        );
     }
     assert_eq!(goes["data"]["metadata"]["name"], "goes");
     assert_eq!(check_duplicates(&events), 0);

@@ -11,9 +11,12 @@ use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 async fn second_cluster() -> kube::Client {
-    let path = common::env().get("KUBECONFIG_2").cloned().unwrap_or_else(|| {
-        panic!("KUBECONFIG_2 is not set: run dev/testenv up --clusters 2 (tests never skip)")
-    });
+    let path = common::env()
+        .get("KUBECONFIG_2")
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!("KUBECONFIG_2 is not set: run dev/testenv up --clusters 2 (tests never skip)")
+        });
     let kc = Kubeconfig::read_from(&path).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
@@ -48,7 +51,9 @@ async fn two_clusters_stream_into_one_sink_each_event_tagged_with_its_cluster() 
         .create(&pp, &configmap("same-name", &[], "west"))
         .await
         .unwrap();
-    let events = kw.wait_events(60, "one event per cluster", |ev| ev.len() >= 2).await;
+    let events = kw
+        .wait_events(60, "one event per cluster", |ev| ev.len() >= 2)
+        .await;
     assert_eq!(events.len(), 2, "{events:#?}");
     let of = |cluster: &str| {
         events
