@@ -175,6 +175,8 @@ impl Traces {
             .with_threads(false)
             .with_target(false)
             .with_tracked_inactivity(false)
+            // Nothing else reads the OpenTelemetry context: skip activating it on each enter.
+            .with_context_activation(false)
             .with_filter(Targets::new().with_target("kubewire", tracing::Level::INFO))
     }
 
