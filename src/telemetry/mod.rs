@@ -52,36 +52,33 @@ impl StreamLabels {
     }
 }
 
+/// A stream's labels plus one more: `stream` flattened, then `name=value`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PublishedLabels {
-    cluster: String,
-    resource: String,
-    namespace: String,
+    #[prometheus(flatten)]
+    stream: StreamLabels,
     r#type: String,
     origin: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
-    cluster: String,
-    resource: String,
-    namespace: String,
+    #[prometheus(flatten)]
+    stream: StreamLabels,
     cause: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChangeLabels {
-    cluster: String,
-    resource: String,
-    namespace: String,
+    #[prometheus(flatten)]
+    stream: StreamLabels,
     change: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
-    cluster: String,
-    resource: String,
-    namespace: String,
+    #[prometheus(flatten)]
+    stream: StreamLabels,
     state: String,
 }
 
@@ -268,9 +265,7 @@ impl Metrics {
         for change in ["added", "modified", "deleted"] {
             self.reconciled
                 .get_or_create(&ChangeLabels {
-                    cluster: l.cluster.clone(),
-                    resource: l.resource.clone(),
-                    namespace: l.namespace.clone(),
+                    stream: l.clone(),
                     change: change.into(),
                 })
                 .inc_by(0);
@@ -358,13 +353,10 @@ impl StreamMetrics {
     }
 
     pub fn published(&self, change: &str, origin: &str) {
-        let l = &self.labels;
         self.metrics
             .published
             .get_or_create(&PublishedLabels {
-                cluster: l.cluster.clone(),
-                resource: l.resource.clone(),
-                namespace: l.namespace.clone(),
+                stream: self.labels.clone(),
                 r#type: change.into(),
                 origin: origin.into(),
             })
@@ -372,21 +364,17 @@ impl StreamMetrics {
     }
 
     pub fn watch_start(&self, cause: &str) {
-        let l = &self.labels;
         self.metrics
             .watch_starts
             .get_or_create(&CauseLabels {
-                cluster: l.cluster.clone(),
-                resource: l.resource.clone(),
-                namespace: l.namespace.clone(),
+                stream: self.labels.clone(),
                 cause: cause.into(),
             })
             .inc();
     }
 
     pub fn relisted(&self, added: u64, modified: u64, deleted: u64) {
-        let l = &self.labels;
-        self.metrics.relists.get_or_create(l).inc();
+        self.metrics.relists.get_or_create(&self.labels).inc();
         for (change, n) in [
             ("added", added),
             ("modified", modified),
@@ -395,9 +383,7 @@ impl StreamMetrics {
             self.metrics
                 .reconciled
                 .get_or_create(&ChangeLabels {
-                    cluster: l.cluster.clone(),
-                    resource: l.resource.clone(),
-                    namespace: l.namespace.clone(),
+                    stream: self.labels.clone(),
                     change: change.into(),
                 })
                 .inc_by(n);
@@ -427,30 +413,23 @@ impl StreamMetrics {
         }
     }
 
-    pub fn initial_sync(&self, state: &str, n: i64) {
-        let l = &self.labels;
+    fn initial_sync_gauge(&self, state: &str) -> Gauge {
         self.metrics
             .initial_sync
             .get_or_create(&StateLabels {
-                cluster: l.cluster.clone(),
-                resource: l.resource.clone(),
-                namespace: l.namespace.clone(),
+                stream: self.labels.clone(),
                 state: state.into(),
             })
-            .set(n);
+            .clone()
+    }
+
+    /// Sets the `listed` or `published` count of the current list.
+    pub fn initial_sync(&self, state: &str, n: i64) {
+        self.initial_sync_gauge(state).set(n);
     }
 
     pub fn initial_sync_add(&self, state: &str) {
-        let l = &self.labels;
-        self.metrics
-            .initial_sync
-            .get_or_create(&StateLabels {
-                cluster: l.cluster.clone(),
-                resource: l.resource.clone(),
-                namespace: l.namespace.clone(),
-                state: state.into(),
-            })
-            .inc();
+        self.initial_sync_gauge(state).inc();
     }
 
     pub fn ready(&self, ready: bool) {
