@@ -6,16 +6,20 @@
 #
 # The runtime stage is distroless (glibc, libgcc, CA certificates; no shell, no package
 # manager) and runs as the non-root user 65532. OpenSSL and zlib, which librdkafka uses, are
-# linked statically (OPENSSL_STATIC, LIBZ_SYS_STATIC); librdkafka itself and zstd are built from
-# source by their -sys crates and linked statically too. So the image needs no system packages
-# beyond what the distroless cc image carries. tests/deploy.rs checks these claims against a
-# local build (docs/deploy.md).
+# linked statically (see the ENV below); librdkafka itself and zstd are built from source by
+# their -sys crates and linked statically too. So the image needs no system packages beyond
+# what the distroless cc image carries. tests/deploy.rs checks these claims against a local
+# build (docs/deploy.md).
 
 ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
+# Static OpenSSL from Debian's libssl-dev (it ships the .a files). OPENSSL_STATIC only counts
+# when openssl-sys is given the directories: through pkg-config it links a system OpenSSL
+# dynamically whatever OPENSSL_STATIC says. OPENSSL_LIB_DIR is per architecture (set in RUN).
 ENV OPENSSL_STATIC=1 \
+    OPENSSL_INCLUDE_DIR=/usr/include \
     LIBZ_SYS_STATIC=1 \
     CARGO_TERM_COLOR=never
 COPY . .
@@ -23,6 +27,7 @@ COPY . .
 # copied out of the cached target dir in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
+    OPENSSL_LIB_DIR="/usr/lib/$(gcc -dumpmachine)" \
     cargo build --release --locked --bin kubewire \
  && install -D -m 0755 target/release/kubewire /out/kubewire \
  && mkdir -p /out/data

@@ -1074,7 +1074,17 @@ fn image_runtime_needs_no_libraries_beyond_the_distroless_cc_base() {
         .filter(|(i, _)| i == "ENV")
         .map(|(_, a)| a + " ")
         .collect();
-    if env.contains("OPENSSL_STATIC=1") {
+    // openssl-sys honours OPENSSL_STATIC only with explicit directories: found through
+    // pkg-config, a system OpenSSL is linked dynamically regardless.
+    let build_run: String = dockerfile()
+        .into_iter()
+        .filter(|(i, a)| i == "RUN" && a.contains("cargo build"))
+        .map(|(_, a)| a)
+        .collect();
+    if env.contains("OPENSSL_STATIC=1")
+        && env.contains("OPENSSL_INCLUDE_DIR=")
+        && (env.contains("OPENSSL_LIB_DIR=") || build_run.contains("OPENSSL_LIB_DIR="))
+    {
         provided.extend(["libssl.so.3", "libcrypto.so.3"]);
     }
     if env.contains("LIBZ_SYS_STATIC=1") {
