@@ -384,6 +384,7 @@ async fn helm_chart_renders_and_the_api_server_accepts_it() {
          extraEnv:\n  - name: RUST_LOG\n    value: debug\n"
     );
     let objects = yaml_docs(&helm_template("kw", &release_ns, &everything));
+    assert_kubewire_accepts(&shipped_config(&objects), "the render with every option on");
     let accepted = server_dry_run(&objects);
     assert_eq!(
         kinds(&accepted),
@@ -650,12 +651,19 @@ async fn in_cluster_kubewire_with_the_charts_rbac_streams_its_resources_and_noth
     // The chart's objects for a namespaced config, applied for real (no controller-manager
     // runs here, so the StatefulSet would never start a pod: kubewire runs below instead).
     let values = format!(
-        "config:\n  resources:\n    - resource: configmaps\n      namespaces: [{watched}]\n    - resource: deployments.apps\n      namespaces: [{watched}]\n"
+        "config:\n  resources:\n    - resource: configmaps\n      namespaces: [{watched}]\n    - resource: deployments.apps\n      namespaces: [{watched}]\n\
+         leaderElection:\n  enabled: true\n"
     );
     let objects: Vec<Value> = yaml_docs(&helm_template("kw", &release_ns, &values))
         .into_iter()
         .filter(|o| o["kind"] != "StatefulSet")
         .collect();
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["metadata"]["name"] == "kw-kubewire-leader-election"),
+        "the Lease Role"
+    );
     let list = json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string();
     kubectl(&["apply", "-f", "-"], &list);
 
@@ -712,6 +720,10 @@ async fn in_cluster_kubewire_with_the_charts_rbac_streams_its_resources_and_noth
             dir.path().join("checkpoint.redb"),
         )
         .env("KUBEWIRE__LOG__FORMAT", "json")
+        // What the pod would have: its name (the Lease identity) and, from the chart's
+        // downward API variable, its namespace (the Lease's).
+        .env("HOSTNAME", "kw-kubewire-0")
+        .env("POD_NAMESPACE", &release_ns)
         // Tests run in parallel: any free port rather than the chart's 9090.
         .env("KUBEWIRE__ADMIN__ADDRESS", "127.0.0.1:0")
         .stdout(Stdio::null())
@@ -765,6 +777,21 @@ async fn in_cluster_kubewire_with_the_charts_rbac_streams_its_resources_and_noth
         events.iter().all(|e| e["k8snamespace"] == watched.as_str()),
         "only the watched namespace"
     );
+    // Only the Lease holder publishes: the Lease rules were enough to take it.
+    let holder = kubectl(
+        &[
+            "-n",
+            &release_ns,
+            "get",
+            "lease",
+            "kw-kubewire",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        "",
+    );
+    assert_eq!(holder, "kw-kubewire-0");
+
     // Ready means every stream finished its first sync: the rules are enough.
     let log_records = || {
         std::fs::read_to_string(&log_file)
@@ -810,6 +837,16 @@ async fn in_cluster_kubewire_with_the_charts_rbac_streams_its_resources_and_noth
             "leases",
             "coordination.k8s.io",
             &release_ns
+        )
+        .await
+    );
+    assert!(
+        !can_i(
+            &sa_client,
+            "create",
+            "leases",
+            "coordination.k8s.io",
+            &watched
         )
         .await
     );
