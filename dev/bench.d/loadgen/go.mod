@@ -1,0 +1,3 @@
+module kubewire.dev/bench/loadgen
+
+go 1.25
