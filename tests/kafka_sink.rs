@@ -318,3 +318,162 @@ async fn oversize_object_is_replaced_by_an_oversize_event_and_others_flow() {
     assert!(logged[0]["size"].as_u64().unwrap() > 300_000);
     drop(kw);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_kill9_mid_burst_duplicates_carry_the_original_ce_id() {
+    let client = common::kube_client().await;
+    let ns = namespace(&client, "kafka-kill").await;
+    let topic = common::unique_name("kw-kill");
+    create_topic(&topic, 3, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut kw = Kubewire::start_with_sink(
+        dir.path(),
+        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
+        &sink_yaml(&topic, ""),
+    );
+    kw.wait_log(60, 1, "initial list done", 1).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    // The writer runs until told to stop, so the kill lands in the middle of its burst.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let api = api.clone();
+        let stop = stop.clone();
+        async move {
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("cm-{}", i % 30);
+                let patch = Patch::Merge(json!({"data": {"value": i.to_string()}}));
+                if i % 7 == 6 {
+                    let _ = api.delete(&name, &DeleteParams::default()).await;
+                } else if api
+                    .patch(&name, &PatchParams::default(), &patch)
+                    .await
+                    .is_err()
+                {
+                    api.create(&PostParams::default(), &configmap(&name, &[], "0"))
+                        .await
+                        .unwrap();
+                }
+                i += 1;
+            }
+            i
+        }
+    });
+    let mut reader = kafka_util::Reader::new(&topic).await;
+    reader
+        .wait(60, "events before the kill", |r| r.len() >= 40)
+        .await;
+    kw.kill9();
+    kw.restart();
+    kw.wait_log(60, 2, "resuming from checkpoint", 1).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(writes > 0);
+    let cluster = cluster_configmaps(&client, &[&ns]).await;
+    reader
+        .wait(90, "the topic replays to the cluster state", |r| {
+            replayed(r) == cluster
+        })
+        .await;
+    // Every copy of one change (uid, resourceVersion, type) carries one and the same ce_id,
+    // equal to the document's id.
+    let mut ids: HashMap<(String, String, String), Vec<String>> = HashMap::new();
+    for r in reader.records.iter().filter(|r| r.value.is_some()) {
+        let e = r.value.as_ref().unwrap();
+        assert_eq!(r.header("ce_id"), e["id"].as_str().unwrap());
+        if is_object_event(e) {
+            let change = (
+                e["k8suid"].as_str().unwrap().to_owned(),
+                e["k8sresourceversion"].as_str().unwrap().to_owned(),
+                e["type"].as_str().unwrap().to_owned(),
+            );
+            ids.entry(change)
+                .or_default()
+                .push(r.header("ce_id").to_owned());
+        }
+    }
+    let duplicated: Vec<_> = ids.values().filter(|v| v.len() > 1).collect();
+    for copies in &duplicated {
+        assert!(copies.iter().all(|c| c == &copies[0]), "{copies:?}");
+    }
+    eprintln!(
+        "kill -9 mid-burst: {} records, {} changes delivered more than once",
+        reader.records.len(),
+        duplicated.len()
+    );
+}
+
+/// The sink block for the test broker's SASL/PLAIN listener, the password in a file.
+fn sasl_sink_yaml(topic: &str, password_file: &std::path::Path) -> String {
+    format!(
+        "sink:\n  type: kafka\n  brokers: {}\n  topic: {topic}\n  securityProtocol: sasl_plaintext\n  \
+         sasl:\n    mechanism: PLAIN\n    username: {}\n    passwordFile: {}\n",
+        common::var("KAFKA_SASL_BROKERS"),
+        common::var("KAFKA_SASL_USERNAME"),
+        password_file.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_plain_authenticates_and_a_wrong_password_is_a_clear_error() {
+    let client = common::kube_client().await;
+    let ns = namespace(&client, "kafka-sasl").await;
+    let topic = common::unique_name("kw-sasl");
+    create_topic(&topic, 1, &[]).await;
+
+    let good = tempfile::tempdir().unwrap();
+    let pw = good.path().join("password");
+    std::fs::write(&pw, format!("{}\n", common::var("KAFKA_SASL_PASSWORD"))).unwrap();
+    let kw = Kubewire::start_with_sink(
+        good.path(),
+        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
+        &sasl_sink_yaml(&topic, &pw),
+    );
+    kw.wait_log(60, 1, "initial list done", 1).await;
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &configmap("over-sasl", &[], "1"))
+        .await
+        .unwrap();
+    let mut reader = kafka_util::Reader::new(&topic).await;
+    reader
+        .wait(60, "the event published over SASL", |r| {
+            r.iter().any(|r| {
+                r.value
+                    .as_ref()
+                    .is_some_and(|v| v["k8sname"] == "over-sasl")
+            })
+        })
+        .await;
+
+    let bad = tempfile::tempdir().unwrap();
+    let wrong = bad.path().join("password");
+    std::fs::write(&wrong, "not-the-password").unwrap();
+    let bad_kw = Kubewire::start_with_sink(
+        bad.path(),
+        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
+        &sasl_sink_yaml(&topic, &wrong),
+    );
+    let log = bad.path().join("kubewire-1.log");
+    let line = common::eventually(60, "an authentication error in the log", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.to_ascii_lowercase().contains("authentication"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(line.contains("SASL") || line.contains("sasl"), "{line}");
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("not-the-password"),
+        "the password never appears in logs"
+    );
+    let admin = bad_kw.admin_address(1).await;
+    let body = common::eventually(30, "/readyz reports the sink down", || async {
+        let (code, body) = harness::http_get(&admin, "/readyz").await;
+        (code == 503 && body.contains("authentication failed")).then_some(body)
+    })
+    .await;
+    assert!(body.contains("sink kafka: down"), "{body}");
+}

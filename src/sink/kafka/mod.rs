@@ -84,12 +84,19 @@ impl KafkaSink {
         let producer =
             ThreadedProducer::from_config_and_context(&client_config, Context::default())
                 .map_err(unavailable)?;
-        let mut admin_config = rdkafka::ClientConfig::new();
-        for (k, v) in client_config.config_map() {
+        // A clone, not a copy of `config_map()`: that one masks secrets such as
+        // `sasl.password`, and the admin client then fails to authenticate (regression:
+        // tests/kafka_sink.rs sasl_plain_authenticates_and_a_wrong_password_is_a_clear_error).
+        let mut admin_config = client_config.clone();
+        let producer_only: Vec<String> = admin_config
+            .config_map()
+            .into_keys()
+            .filter(|k| is_producer_only(k))
+            .map(str::to_owned)
+            .collect();
+        for k in &producer_only {
             // Producer-only settings would only earn warnings from the admin client.
-            if !is_producer_only(k) {
-                admin_config.set(k, v);
-            }
+            admin_config.remove(k);
         }
         let admin = AdminClient::from_config_and_context(&admin_config, QuietContext)
             .map_err(unavailable)?;
@@ -518,6 +525,13 @@ impl ClientContext for Context {
             Some(RDKafkaErrorCode::Fatal) => self.set_down(format!(
                 "fatal kafka producer error, restart kubewire: {reason}"
             )),
+            // Wrong or revoked credentials: a configuration problem the operator must see
+            // (once per change of state), not a transient connection error.
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                self.set_down(format!(
+                    "kafka authentication failed (check sink.sasl / sink.tls): {reason}"
+                ))
+            }
             _ => {
                 tracing::debug!(target: "librdkafka", error = %error, %reason, "kafka client error")
             }
