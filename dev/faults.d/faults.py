@@ -1,0 +1,659 @@
+"""dev/faults: kubewire's fault suite (docs/faults.md). Run through dev/faults, which sets up
+the environment and the checker's virtualenv.
+
+Each scenario: fresh namespaces, a fresh NATS stream / Kafka topic / output file; kubewire
+started on them; the churn workload (dev/checker/churn.py) running; one fault applied while
+it runs; then the churn stops, the stream quiesces, and the independent checker
+(dev/checker/checker.py verify) compares what reached the sink with the cluster and prints
+the scenario's verdict line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CHECKER = os.path.join(REPO, "dev", "checker")
+sys.path.insert(0, CHECKER)
+
+from kube import ApiError, Kube, resource_path  # noqa: E402
+import churn as churn_mod  # noqa: E402
+
+PY = sys.executable
+RES_PATHS = {"configmaps": ("", "v1", "configmaps"),
+             "churns": (churn_mod.CRD_GROUP, "v1", churn_mod.CRD_PLURAL)}
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def testenv(*args, check=True):
+    r = subprocess.run([os.path.join(REPO, "dev", "testenv"), *args], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"dev/testenv {' '.join(args)} failed: {r.stdout}{r.stderr}")
+    return r.stdout
+
+
+class Downstream:
+    """Incrementally reads the file sink output or a capture, remembering the versions of
+    probe objects (names starting with `probe`) seen."""
+
+    def __init__(self, path, capture):
+        self.path, self.capture, self.off = path, capture, 0
+        self.seen: set[tuple] = set()
+        self.lines = 0
+
+    def poll(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.off)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        self.off += end + 1
+        for line in data[: end + 1].splitlines():
+            self.lines += 1
+            if b"probe" not in line:
+                continue
+            try:
+                rec = json.loads(line)
+                e = json.loads(rec["value"]) if self.capture else rec
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(e, dict) and str(e.get("k8sname", "")).startswith("probe"):
+                self.seen.add((e.get("k8sresource"), e.get("k8snamespace"), e["k8sname"],
+                               e.get("k8sresourceversion")))
+
+    def wait(self, wanted: set[tuple], timeout: float) -> float | None:
+        """Seconds until every (resource, ns, name, rv) in `wanted` is downstream; None on
+        timeout."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            self.poll()
+            if wanted <= self.seen:
+                return time.monotonic() - start
+            time.sleep(0.05)
+        return None
+
+    def wait_quiet(self, quiet: float, timeout: float):
+        start, last, last_change = time.monotonic(), -1, time.monotonic()
+        while time.monotonic() - start < timeout:
+            size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+            if size != last:
+                last, last_change = size, time.monotonic()
+            elif time.monotonic() - last_change >= quiet:
+                return
+            time.sleep(0.2)
+
+
+class Kubewire:
+    """The kubewire process under test; samples its peak RSS (VmHWM)."""
+
+    def __init__(self, binary, config, workdir):
+        self.binary, self.config, self.dir = binary, config, workdir
+        self.proc: subprocess.Popen | None = None
+        self.runs = 0
+        self.max_rss_kb = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def log_path(self, run):
+        return os.path.join(self.dir, f"kubewire-{run}.log")
+
+    def start(self):
+        self.runs += 1
+        self.proc = subprocess.Popen(
+            [self.binary, "run", "--config", self.config],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path(self.runs), "w"),
+            env={k: v for k, v in os.environ.items() if k != "RUST_LOG"},
+        )
+
+    def _hwm(self):
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        self.max_rss_kb = max(self.max_rss_kb, int(line.split()[1]))
+        except OSError:
+            pass
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self._hwm()
+            time.sleep(0.2)
+
+    def kill9(self):
+        self._hwm()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout=40):
+        self._hwm()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return "timeout"
+        finally:
+            self._stop.set()
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def logs(self, run=None):
+        out = []
+        for r in [run] if run else range(1, self.runs + 1):
+            try:
+                with open(self.log_path(r)) as f:
+                    for line in f:
+                        try:
+                            out.append(json.loads(line))
+                        except ValueError:
+                            out.append({"message": line.strip()})
+            except FileNotFoundError:
+                pass
+        return out
+
+    def count_log(self, needle):
+        return sum(1 for r in self.logs() if needle in str(r.get("message", "")) or
+                   needle in str(r.get("fields", {}).get("message", "")))
+
+
+def msg_of(rec):
+    return str(rec.get("message") or rec.get("fields", {}).get("message", ""))
+
+
+class Run:
+    """One scenario's world: namespaces, sink, kubewire, collector, churn."""
+
+    def __init__(self, name, sink, opts):
+        self.name, self.sink, self.opts = name, sink, opts
+        self.id = f"{name}-{uuid.uuid4().hex[:6]}"
+        short = uuid.uuid4().hex[:6]
+        self.dir = os.path.join(opts.workdir, self.id)
+        os.makedirs(self.dir)
+        self.namespaces = [f"kwf-{short}-{i}" for i in range(opts.namespaces)]
+        self.kube = Kube()
+        self.figures: dict[str, object] = {}
+        self.problems: list[str] = []
+        self.stream = f"KWF_{short.upper()}"
+        self.subject_prefix = f"kwf.{short}"
+        self.topic = f"kwf.{short}"
+        self.capture = os.path.join(self.dir, "capture.jsonl")
+        self.output = self.capture if sink in ("nats", "kafka") else os.path.join(self.dir, "events.jsonl")
+        self.downstream = Downstream(self.output, capture=sink in ("nats", "kafka"))
+        self.stop_file = os.path.join(self.dir, "STOP")
+        self.pause_file = os.path.join(self.dir, "PAUSE")
+        self.journal = os.path.join(self.dir, "churn.jsonl")
+        self.collector = self.churn = self.kw = None
+        self.probe_n = 0
+
+    # -- set-up
+    def config(self, extra_sink=None):
+        nss = "[" + ", ".join(self.namespaces) + "]"
+        if self.sink == "nats":
+            sink = (f"sink:\n  type: nats\n  url: {os.environ['NATS_URL']}\n"
+                    f"  subject: \"{self.subject_prefix}.{{cluster}}.{{group}}.{{kind}}.{{namespace}}.{{name}}\"\n"
+                    f"  ackTimeoutMs: 2000\n"
+                    f"  stream: {{name: {self.stream}, create: true, subjects: [\"{self.subject_prefix}.>\"], "
+                    f"duplicateWindowSeconds: 600}}\n")
+        elif self.sink == "kafka":
+            sink = (f"sink:\n  type: kafka\n  brokers: {os.environ['KAFKA_BROKERS']}\n"
+                    f"  topic: {self.topic}\n")
+        else:
+            sink = f"sink:\n  type: file\n  path: {self.output}\n"
+        o = self.opts
+        return (
+            "resources:\n"
+            f"  - resource: configmaps\n    namespaces: {nss}\n"
+            f"  - resource: {churn_mod.CRD_NAME}\n    namespaces: {nss}\n"
+            f"{sink}"
+            f"checkpoint:\n  path: {self.dir}/checkpoint.redb\n  commitIntervalMs: 200\n"
+            f"watch:\n  timeoutSeconds: {o.watch_timeout}\n  idleTimeoutSeconds: {o.idle_timeout}\n"
+            f"  backoffInitialMs: 200\n  backoffMaxMs: 3000\n"
+            "log:\n  format: json\n  level: info\n"
+            "admin:\n  address: 127.0.0.1:0\n"
+        )
+
+    def setup(self):
+        churn_mod.ensure_crd(self.kube)
+        for ns in self.namespaces:
+            churn_mod.ensure_namespace(self.kube, ns)
+        if self.sink == "kafka":
+            kafka_create_topic(self.topic)
+        cfg = os.path.join(self.dir, "config.yaml")
+        with open(cfg, "w") as f:
+            f.write(self.config())
+        self.kw = Kubewire(self.opts.kubewire, cfg, self.dir)
+        self.kw.start()
+        if self.sink in ("nats", "kafka"):
+            self.start_collector()
+        # every stream is listed and watching before the churn starts: one object each
+        wanted = set()
+        for ns in self.namespaces:
+            for res in RES_PATHS:
+                wanted.add(self.write_probe(res, ns, "probe-ready"))
+        t = self.downstream.wait(wanted, 90)
+        if t is None:
+            raise RuntimeError(f"{self.id}: kubewire did not publish the readiness probes "
+                               f"(logs in {self.dir})")
+
+    def start_collector(self):
+        args = ["collect", self.sink, "--out", self.capture, "--stop-file", self.stop_file + ".collector"]
+        args += ["--stream", self.stream] if self.sink == "nats" else ["--topic", self.topic]
+        self.collector = subprocess.Popen([PY, os.path.join(CHECKER, "checker.py"), *args],
+                                          stderr=open(os.path.join(self.dir, "collector.log"), "w"))
+
+    def start_churn(self):
+        self.churn = subprocess.Popen(
+            [PY, os.path.join(CHECKER, "churn.py"), "--namespaces", ",".join(self.namespaces),
+             "--rate", str(self.opts.rate), "--journal", self.journal, "--stop-file", self.stop_file,
+             "--pause-file", self.pause_file, "--seed", str(random.randrange(1 << 30))],
+            stdout=subprocess.PIPE, stderr=open(os.path.join(self.dir, "churn.log"), "w"), text=True)
+
+    def write_probe(self, res, ns, name):
+        """Creates or updates probe object `name`; returns (resource, ns, name, rv)."""
+        self.probe_n += 1
+        g, v, p = RES_PATHS[res]
+        if res == "configmaps":
+            body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                    "data": {"n": str(self.probe_n)}}
+        else:
+            body = {"apiVersion": f"{g}/v1", "kind": churn_mod.CRD_KIND, "metadata": {"name": name},
+                    "spec": {"n": self.probe_n}}
+        try:
+            obj = self.kube.retrying("POST", resource_path(g, v, p, ns), body, deadline_s=180)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            patch = {"data": {"n": str(self.probe_n)}} if res == "configmaps" else {"spec": {"n": self.probe_n}}
+            obj = self.kube.retrying("PATCH", resource_path(g, v, p, ns, name), patch, deadline_s=180,
+                                     content_type="application/merge-patch+json")
+        return (res, ns, name, obj["metadata"]["resourceVersion"])
+
+    def recovery(self, label="recover_s", timeout=180):
+        """Time from now until a fresh write reaches the sink."""
+        start = time.monotonic()
+        probe = self.write_probe("configmaps", self.namespaces[0], "probe")
+        t = self.downstream.wait({probe}, timeout)
+        if t is None:
+            self.problems.append(f"{label}: a write made after the fault did not reach the sink "
+                                 f"within {timeout} s")
+            self.figures[label] = "none"
+            return None
+        total = round(time.monotonic() - start, 2)
+        self.figures[label] = total
+        return total
+
+    # -- tear-down and verdict
+    def finish(self):
+        open(self.stop_file, "w").close()
+        out, _ = self.churn.communicate(timeout=300)
+        churn_line = out.strip().splitlines()[-1] if out.strip() else "churn: ?"
+        log(f"{self.id}: {churn_line}")
+        if self.churn.returncode != 0:
+            self.problems.append(f"churn failed: see {self.dir}/churn.log")
+        # quiesce: one final write per stream, all visible downstream, then no growth
+        wanted = {self.write_probe(res, ns, "probe-final") for ns in self.namespaces for res in RES_PATHS}
+        if self.downstream.wait(wanted, 240) is None:
+            self.problems.append("final probes did not all reach the sink within 240 s")
+        self.downstream.wait_quiet(2.0, 60)
+        code = self.kw.stop()
+        if code != 0:
+            self.problems.append(f"kubewire exited with {code} on SIGTERM")
+        if self.collector:
+            open(self.stop_file + ".collector", "w").close()
+            try:
+                self.collector.wait(60)
+            except subprocess.TimeoutExpired:
+                self.collector.kill()
+                self.problems.append("collector did not stop")
+        self.figures["max_rss_mib"] = round(self.kw.max_rss_kb / 1024, 1)
+        self.figures["kubewire_runs"] = self.kw.runs
+        errors = [r for r in self.kw.logs() if r.get("level") == "ERROR"]
+        self.figures["error_logs"] = len(errors)
+        args = [PY, os.path.join(CHECKER, "checker.py"), "verify",
+                "--file" if self.sink == "file" else "--capture", self.output,
+                "--namespaces", ",".join(self.namespaces), "--journal", self.journal,
+                "--scenario", f"{self.name}[{self.sink}]",
+                "--verdict-file", os.path.join(self.opts.workdir, "verdicts.txt")]
+        for k, v in self.figures.items():
+            args += ["--figure", f"{k}={v}"]
+        for p in self.problems:
+            args += ["--problem", p]
+        r = subprocess.run(args, capture_output=True, text=True)
+        sys.stderr.write(r.stderr)
+        verdict = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else f"VERDICT {self.name}: FAIL (checker crashed)"
+        ok = r.returncode == 0 and not self.problems
+        if ok and not self.opts.keep:
+            self.cleanup()
+        return ok, verdict
+
+    def cleanup(self):
+        for ns in self.namespaces:
+            for res, (g, v, p) in RES_PATHS.items():
+                try:
+                    self.kube.retrying("DELETE", resource_path(g, v, p, ns), deadline_s=30)
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
+            try:
+                self.kube.retrying("DELETE", f"/api/v1/namespaces/{ns}", deadline_s=30)
+            except Exception:  # noqa: BLE001
+                pass
+        if self.sink == "nats":
+            asyncio.run(nats_stream_op("delete", self.stream))
+        elif self.sink == "kafka":
+            kafka_delete_topic(self.topic)
+
+    def abort(self):
+        for p in (self.churn, self.collector):
+            if p and p.poll() is None:
+                p.kill()
+        if self.kw and self.kw.alive():
+            self.kw.proc.kill()
+
+
+# ---------------------------------------------------------------- sink admin
+
+
+def kafka_admin():
+    from confluent_kafka.admin import AdminClient
+    return AdminClient({"bootstrap.servers": os.environ["KAFKA_BROKERS"], "log_level": 0})
+
+
+def kafka_create_topic(topic, partitions=3):
+    from confluent_kafka.admin import NewTopic
+    admin = kafka_admin()  # keep the handle alive until the future resolves
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
+
+
+def kafka_delete_topic(topic):
+    try:
+        admin = kafka_admin()
+        admin.delete_topics([topic])[topic].result(30)
+    except Exception as e:  # noqa: BLE001
+        return e
+
+
+def kafka_high_watermarks(topic):
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": os.environ["KAFKA_BROKERS"], "group.id": "kwf-hw", "log_level": 0})
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions)
+    finally:
+        c.close()
+
+
+async def nats_stream_op(op, stream, config=None):
+    import nats
+    nc = await nats.connect(os.environ["NATS_URL"])
+    try:
+        jsm = nc.jsm()
+        if op == "delete":
+            try:
+                await jsm.delete_stream(stream)
+            except Exception:  # noqa: BLE001
+                pass
+        elif op == "info":
+            return await jsm.stream_info(stream)
+        elif op == "add":
+            return await jsm.add_stream(config)
+    finally:
+        await nc.close()
+
+
+def capture_count(path):
+    with open(path, "rb") as f:
+        return sum(1 for line in f if b'"value"' in line)
+
+
+# ---------------------------------------------------------------- faults
+
+
+def fault_kill9(run: Run, o):
+    rounds = o.kill_rounds
+    for i in range(rounds):
+        time.sleep(random.uniform(o.kill_min, o.kill_max))  # a random moment, not a sync point
+        run.kw.kill9()
+        run.kw.start()
+    run.figures["kills"] = rounds
+    run.recovery()
+
+
+def fault_kafka_outage(run: Run, o):
+    testenv("stop", "kafka")
+    t0 = time.monotonic()
+    time.sleep(o.kafka_outage)  # the outage itself
+    testenv("start", "kafka")
+    run.figures["outage_s"] = round(time.monotonic() - t0, 1)
+    run.recovery()
+
+
+def fault_restart(service):
+    def fault(run: Run, o):
+        t0 = time.monotonic()
+        testenv("restart", service)
+        run.figures["restart_s"] = round(time.monotonic() - t0, 1)
+        run.recovery()
+    return fault
+
+
+def fault_compaction(run: Run, o):
+    """`dev/testenv compact` every few seconds while the churn runs, so that every watch
+    that resumes from an older version gets 410 Gone. Live watches with traffic rarely
+    resume from before the last compaction, so in some rounds kubewire is also killed,
+    etcd compacted while it is down (the writes it missed are gone from history), and
+    kubewire restarted: each of its streams then resumes from a compacted version and must
+    relist and reconcile (adds, updates, and deletes it never saw)."""
+    stop = threading.Event()
+    count = [0]
+
+    def loop():
+        while not stop.is_set():
+            testenv("compact")
+            count[0] += 1
+            stop.wait(o.compaction_every)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    end = time.monotonic() + o.compaction_for
+    kills = 0
+    try:
+        while time.monotonic() < end:
+            time.sleep(random.uniform(1.0, 3.0))  # a random moment
+            run.kw.kill9()
+            kills += 1
+            time.sleep(random.uniform(0.5, 2.0))  # churn goes on while kubewire is down
+            testenv("compact")
+            count[0] += 1
+            run.kw.start()
+    finally:
+        stop.set()
+        t.join()
+    run.figures["compactions"] = count[0]
+    run.figures["kills"] = kills
+    run.recovery()
+    run.figures["gone_410"] = run.kw.count_log("410 Gone")
+    if run.figures["gone_410"] == 0:
+        run.problems.append("no watch hit 410 Gone: the compaction did not bite")
+
+
+def fault_stall(run: Run, o):
+    pid = int(open(os.path.join(os.environ["TESTENV_DIR"], "pids", "apiserver.pid")).read().strip())
+    before = run.kw.count_log("watch silent past its idle timeout")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(o.stall)  # the stall itself: longer than watch.idleTimeoutSeconds
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    run.figures["stall_s"] = o.stall
+    run.recovery()
+    run.figures["idle_restarts"] = run.kw.count_log("watch silent past its idle timeout") - before
+    if run.figures["idle_restarts"] == 0:
+        run.problems.append("no watch was restarted for silence during the stall")
+
+
+def sync_before_delete(run: Run, upstream_count, timeout=60):
+    """Pauses the churn and waits until the collector holds everything the stream/topic has,
+    so that deleting it loses nothing the checker could have seen (the fault is kubewire's
+    view of a missing destination, not the test throwing away stored events)."""
+    open(run.pause_file, "w").close()
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        n = upstream_count()
+        if n == last and capture_count(run.capture) >= n:
+            return
+        last = n
+        time.sleep(0.5)
+    raise RuntimeError("collector did not catch up before the deletion")
+
+
+def fault_nats_stream_deleted(run: Run, o):
+    info = asyncio.run(nats_stream_op("info", run.stream))
+    config = info.config
+    sync_before_delete(run, lambda: asyncio.run(nats_stream_op("info", run.stream)).state.messages)
+    asyncio.run(nats_stream_op("delete", run.stream))
+    os.unlink(run.pause_file)
+    t0 = time.monotonic()
+    # while the stream is gone, kubewire must say so (not drop events silently)
+    while time.monotonic() - t0 < o.revoked_for or run.kw.count_log("NATS publishes failing") == 0:
+        if time.monotonic() - t0 > o.revoked_for + 60:
+            run.problems.append("no 'NATS publishes failing' error while the stream was gone")
+            break
+        time.sleep(0.5)
+    run.figures["error_logged"] = run.kw.count_log("NATS publishes failing") > 0
+    asyncio.run(nats_stream_op("add", run.stream, config))
+    run.figures["deleted_s"] = round(time.monotonic() - t0, 1)
+    run.recovery()
+
+
+def fault_kafka_topic_deleted(run: Run, o):
+    sync_before_delete(run, lambda: kafka_high_watermarks(run.topic))
+    kafka_delete_topic(run.topic)
+    os.unlink(run.pause_file)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < o.revoked_for:
+        time.sleep(0.5)
+    errs = [msg_of(r) for r in run.kw.logs() if r.get("level") in ("ERROR", "WARN")]
+    run.figures["error_logged"] = bool(errs)
+    if not errs:
+        run.problems.append("kubewire logged no error or warning while its topic was gone")
+    else:
+        run.figures["first_error"] = errs[0][:60].replace(" ", "_")
+    # recreate: a broker may need a moment to finish the deletion
+    end = time.monotonic() + 60
+    while True:
+        try:
+            kafka_create_topic(run.topic)
+            break
+        except Exception:  # noqa: BLE001 - "marked for deletion": retry
+            if time.monotonic() > end:
+                raise
+            time.sleep(1)
+    run.figures["deleted_s"] = round(time.monotonic() - t0, 1)
+    run.recovery()
+
+
+SCENARIOS = {
+    # name: (sink, fault)
+    "kill9": ("nats", fault_kill9),
+    "kill9-kafka": ("kafka", fault_kill9),
+    "kill9-file": ("file", fault_kill9),
+    "kafka-outage": ("kafka", fault_kafka_outage),
+    "nats-restart": ("nats", fault_restart("nats")),
+    "apiserver-restart": ("nats", fault_restart("apiserver")),
+    "compaction": ("file", fault_compaction),
+    "stalled-watch": ("file", fault_stall),
+    "nats-stream-deleted": ("nats", fault_nats_stream_deleted),
+    "kafka-topic-deleted": ("kafka", fault_kafka_topic_deleted),
+}
+
+
+def run_scenario(name, o):
+    sink, fault = SCENARIOS[name]
+    run = Run(name, o.sink or sink, o)
+    log(f"{run.id}: sink {run.sink}, namespaces {','.join(run.namespaces)}, dir {run.dir}")
+    try:
+        run.setup()
+        run.start_churn()
+        time.sleep(o.warmup)  # let the churn run before the fault (workload pacing)
+        fault(run, o)
+        time.sleep(o.after)  # and after it
+        if not run.kw.alive():
+            run.problems.append(f"kubewire died (exit {run.kw.proc.returncode})")
+            run.kw.start()
+        ok, verdict = run.finish()
+    except Exception as e:  # noqa: BLE001
+        import traceback
+        traceback.print_exc()
+        run.abort()
+        ok, verdict = False, f"VERDICT {name}[{run.sink}]: FAIL error={e!r}"
+    for p in run.problems:
+        log(f"{run.id}: problem: {p}")
+    print(verdict, flush=True)
+    return ok, verdict
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="dev/faults", description="kubewire's fault suite")
+    ap.add_argument("scenarios", nargs="*", help=f"default: all of {', '.join(SCENARIOS)}")
+    ap.add_argument("--ci", action="store_true", help="the shortened form (tests/faults.rs)")
+    ap.add_argument("--kubewire", required=True, help="the kubewire binary")
+    ap.add_argument("--workdir", default=os.path.join(REPO, "target", "faults"))
+    ap.add_argument("--sink", choices=["nats", "kafka", "file"], help="override each scenario's sink")
+    ap.add_argument("--rate", type=float, help="churn writes per second")
+    ap.add_argument("--namespaces", type=int, default=4)
+    ap.add_argument("--keep", action="store_true", help="keep namespaces/streams of passing runs")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=SECONDS",
+                    help="override a duration or count, e.g. kafka_outage=60, revoked_for=30")
+    o = ap.parse_args(argv)
+    ci = o.ci
+    defaults = dict(
+        rate=30 if ci else 60, warmup=2 if ci else 8, after=2 if ci else 8,
+        kill_rounds=10 if ci else 12, kill_min=0.3 if ci else 1.0, kill_max=1.5 if ci else 5.0,
+        kafka_outage=8 if ci else 45, compaction_for=12 if ci else 60, compaction_every=2 if ci else 3,
+        watch_timeout=4 if ci else 8, idle_timeout=5 if ci else 10, stall=7 if ci else 15,
+        revoked_for=40 if ci else 45,
+    )
+    for k, v in defaults.items():
+        if getattr(o, k, None) is None:
+            setattr(o, k, v)
+    for kv in o.set:
+        k, _, v = kv.partition("=")
+        if k not in defaults:
+            ap.error(f"--set {k}: not one of {', '.join(defaults)}")
+        setattr(o, k, type(defaults[k])(float(v)) if isinstance(defaults[k], int) else float(v))
+    os.makedirs(o.workdir, exist_ok=True)
+    names = o.scenarios or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+    results = [run_scenario(n, o) for n in names]
+    print("\n".join(["", "== fault suite =="] + [v for _, v in results]), flush=True)
+    return 0 if all(ok for ok, _ in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+//! The fault suite in its shortened CI form (docs/faults.md): each test runs one scenario of
+//! `dev/faults --ci` against the real services — churn workload, one fault, then the
+//! independent checker (`dev/checker/`, which shares no code with kubewire) compares the sink
+//! with the cluster — and asserts its verdict: nothing lost, order kept, data equal.
+//!
+//! These tests stop and restart shared services (Kafka, NATS, the API server) and compact
+//! etcd, so they live in a test binary of their own (cargo runs test binaries one at a time),
+//! and a mutex runs them one after another within it. The full-length run is `dev/faults`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One scenario at a time: they share the services and the machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs `dev/faults --ci <scenario>` with kubewire's test binary and returns its verdict
+/// line; panics with the suite's output unless the scenario passed.
+fn scenario(name: &str) -> String {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    common::env(); // the services are up (panics with "run dev/testenv up" otherwise)
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("faults.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new(common::repo_root().join("dev/faults"))
+        .args([
+            "--ci",
+            "--kubewire",
+            env!("CARGO_BIN_EXE_kubewire"),
+            "--workdir",
+        ])
+        .arg(dir.path())
+        .arg(name)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("run dev/faults");
+    // bounded wait for the scenario (the CI form of each takes well under a minute)
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let verdict = output
+        .lines()
+        .rfind(|l| l.starts_with("VERDICT "))
+        .unwrap_or("")
+        .to_owned();
+    println!("{verdict}");
+    match status {
+        Some(s) if s.success() && verdict.contains(": PASS ") => {}
+        Some(s) => panic!("scenario {name} failed ({s}):\n{output}"),
+        None => panic!("scenario {name} did not finish within 240 s:\n{output}"),
+    }
+    assert!(verdict.contains(" lost=0 "), "{verdict}");
+    // keep the scenario's files only on failure (the panic above skips this)
+    drop(dir);
+    verdict
+}
+
+/// Reads one `key=value` figure of a verdict line.
+fn figure<'a>(verdict: &'a str, key: &str) -> &'a str {
+    verdict
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {verdict}"))
+}
+
+#[test]
+fn kill9_ten_times_under_churn_loses_nothing_and_replays_with_identical_ids() {
+    let v = scenario("kill9-file");
+    assert_eq!(figure(&v, "kills"), "10", "{v}");
+}
+
+#[test]
+fn kill9_with_nats_sink_loses_nothing() {
+    scenario("kill9");
+}
+
+#[test]
+fn kill9_with_kafka_sink_loses_nothing() {
+    scenario("kill9-kafka");
+}
+
+#[test]
+fn kafka_outage_under_churn_loses_nothing_and_recovers() {
+    scenario("kafka-outage");
+}
+
+#[test]
+fn nats_restart_under_churn_loses_nothing_and_recovers() {
+    scenario("nats-restart");
+}
+
+#[test]
+fn apiserver_restart_under_churn_loses_nothing_and_recovers() {
+    scenario("apiserver-restart");
+}
+
+#[test]
+fn etcd_compaction_loop_relists_with_markers_and_loses_nothing() {
+    let v = scenario("compaction");
+    assert_ne!(figure(&v, "relist_markers"), "0", "{v}");
+}
+
+#[test]
+fn stalled_apiserver_watch_is_restarted_and_loses_nothing() {
+    let v = scenario("stalled-watch");
+    assert_ne!(figure(&v, "idle_restarts"), "0", "{v}");
+}
+
+#[test]
+fn deleted_nats_stream_is_reported_and_recovered_when_recreated() {
+    let v = scenario("nats-stream-deleted");
+    assert_eq!(figure(&v, "error_logged"), "True", "{v}");
+}
+
+#[test]
+fn deleted_kafka_topic_is_reported_and_recovered_when_recreated() {
+    let v = scenario("kafka-topic-deleted");
+    assert_eq!(figure(&v, "error_logged"), "True", "{v}");
+}
