@@ -61,12 +61,16 @@ pub struct StreamId {
 
 impl StreamId {
     /// A stable, human-readable key; used as the checkpoint store key and in logs/metrics.
+    ///
+    /// The API version is not part of it: uids and resourceVersions are the same in every
+    /// served version, so when a CRD's preferred version changes the stream resumes from its
+    /// checkpoint instead of starting over with an orphaned index (regression:
+    /// tests/faults_regressions.rs, CRD preferred version change across a restart).
     pub fn key(&self) -> String {
         format!(
-            "{}|{}/{}/{}|{}|{}|{}",
+            "{}|{}/{}|{}|{}|{}",
             self.cluster,
             self.resource.group,
-            self.resource.version,
             self.resource.resource,
             self.namespace.as_deref().unwrap_or("*"),
             self.label_selector.as_deref().unwrap_or(""),
@@ -309,6 +313,27 @@ pub fn event_id(cluster: &str, uid: &str, resource_version: &str, change: Change
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_key_ignores_the_served_version() {
+        let id = |version: &str| StreamId {
+            cluster: "c".into(),
+            resource: ResourceInfo {
+                group: "example.com".into(),
+                version: version.into(),
+                resource: "widgets".into(),
+                kind: "Widget".into(),
+                namespaced: true,
+            },
+            namespace: Some("ns".into()),
+            label_selector: Some("a=b".into()),
+            field_selector: None,
+        };
+        assert_eq!(id("v1").key(), id("v2").key());
+        let mut other = id("v1");
+        other.label_selector = None;
+        assert_ne!(id("v1").key(), other.key(), "selectors are part of the identity");
+    }
 
     #[test]
     fn event_id_is_deterministic_and_distinguishes_type() {
