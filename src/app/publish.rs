@@ -44,6 +44,20 @@ pub struct Publisher {
     pub destination: Option<Arc<str>>,
 }
 
+/// Items taken from the channel and written ahead in one store transaction.
+const WRITE_AHEAD_BATCH: usize = 512;
+
+/// What the index records of one published version.
+fn index_entry(c: &crate::event::Change) -> IndexEntry {
+    IndexEntry {
+        api_version: c.stream.resource.api_version(),
+        kind: c.stream.resource.kind.clone(),
+        namespace: c.object.namespace.clone(),
+        name: c.object.name.clone(),
+        resource_version: c.object.resource_version.clone(),
+    }
+}
+
 /// Checkpoint changes acknowledged but not yet committed.
 #[derive(Default)]
 struct Pending {
@@ -91,7 +105,12 @@ impl Publisher {
         let mut tick = tokio::time::interval(self.commit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
+        let mut batch: Vec<Item> = Vec::new();
         loop {
+            let room = self
+                .max_in_flight
+                .saturating_sub(in_flight.len())
+                .min(WRITE_AHEAD_BATCH);
             tokio::select! {
                 biased;
                 Some(effect) = in_flight.next(), if !in_flight.is_empty() => {
@@ -103,13 +122,26 @@ impl Publisher {
                     }
                     pending.apply(effect)
                 }
-                item = rx.recv(), if open && in_flight.len() < self.max_in_flight => match item {
-                    Some(item) => match self.start(item).await {
-                        Some(f) => in_flight.push_back(f),
-                        None => break,
-                    },
-                    None => open = false,
-                },
+                n = rx.recv_many(&mut batch, room), if open && room > 0 => {
+                    if n == 0 {
+                        open = false;
+                    } else {
+                        self.write_ahead(&stream_key, &batch).await;
+                        let mut closed = false;
+                        for item in batch.drain(..) {
+                            match self.start(item).await {
+                                Some(f) => in_flight.push_back(f),
+                                None => {
+                                    closed = true;
+                                    break;
+                                }
+                            }
+                        }
+                        if closed {
+                            break;
+                        }
+                    }
+                }
                 _ = tick.tick() => self.commit(&stream_key, &mut pending).await,
                 _ = abort.cancelled(), if open => open = false,
             }
@@ -118,6 +150,42 @@ impl Publisher {
             }
         }
         self.commit(&stream_key, &mut pending).await;
+    }
+
+    /// Records the versions of `items` about to be handed to the sink, durably, before the
+    /// hand-over: after a crash they may be downstream without being in the index, and the
+    /// relist must know them (see `checkpoint::StreamCheckpoint::in_doubt`).
+    async fn write_ahead(&self, stream_key: &str, items: &[Item]) {
+        let sent: Vec<(String, IndexEntry)> = items
+            .iter()
+            .filter_map(|item| match item {
+                Item::Event {
+                    event,
+                    publish: true,
+                    ..
+                } => match event.as_ref() {
+                    Event::Object(c) if c.change != ChangeType::Deleted => {
+                        Some((c.object.uid.clone(), index_entry(c)))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        if sent.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let key = stream_key.to_owned();
+        match tokio::task::spawn_blocking(move || store.record_sent(&key, &sent)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(stream = %self.spec.id, error = %e, "write-ahead of sent versions failed; a relist after a crash may miss deletes")
+            }
+            Err(e) => {
+                tracing::error!(stream = %self.spec.id, error = %e, "write-ahead task failed")
+            }
+        }
     }
 
     /// Starts one item: returns the future of its effect on the checkpoint, resolved at ack.
@@ -141,16 +209,7 @@ impl Publisher {
         let index = match event.as_ref() {
             Event::Object(c) => Some(match c.change {
                 ChangeType::Deleted => (c.object.uid.clone(), None),
-                _ => (
-                    c.object.uid.clone(),
-                    Some(IndexEntry {
-                        api_version: c.stream.resource.api_version(),
-                        kind: c.stream.resource.kind.clone(),
-                        namespace: c.object.namespace.clone(),
-                        name: c.object.name.clone(),
-                        resource_version: c.object.resource_version.clone(),
-                    }),
-                ),
+                _ => (c.object.uid.clone(), Some(index_entry(c))),
             }),
             Event::Relisted(_) => None,
         };

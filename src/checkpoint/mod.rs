@@ -32,6 +32,10 @@ pub const FORMAT_VERSION: u64 = 1;
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index");
+/// Write-ahead of the index: the latest version handed to the sink, recorded before the hand-
+/// over and dropped once the acknowledged index catches up. After a crash these objects may
+/// be downstream although the index does not know them yet; a relist must consider them.
+const SENT: TableDefinition<&str, &[u8]> = TableDefinition::new("sent");
 const FORMAT_KEY: &str = "format_version";
 
 /// Errors of the checkpoint stage.
@@ -98,6 +102,9 @@ pub struct StreamCheckpoint {
     pub resource_version: Option<String>,
     /// uid → last published version of each object.
     pub index: HashMap<String, IndexEntry>,
+    /// uid → a version handed to the sink whose acknowledgement was not committed yet (it
+    /// may or may not be downstream). Empty after a clean shutdown.
+    pub in_doubt: HashMap<String, IndexEntry>,
 }
 
 /// Changes to one stream's checkpoint, committed atomically.
@@ -208,6 +215,49 @@ impl Store {
             }
             tx.open_table(STREAMS).map_err(|e| self.storage(e))?;
             tx.open_table(INDEX).map_err(|e| self.storage(e))?;
+            tx.open_table(SENT).map_err(|e| self.storage(e))?;
+        }
+        tx.commit().map_err(|e| self.storage(e))
+    }
+
+    fn read_prefix(
+        &self,
+        table: &redb::ReadOnlyTable<&str, &[u8]>,
+        stream_key: &str,
+    ) -> Result<HashMap<String, IndexEntry>, CheckpointError> {
+        let (start, end) = prefix_range(stream_key);
+        let mut out = HashMap::new();
+        for row in table
+            .range(start.as_str()..end.as_str())
+            .map_err(|e| self.storage(e))?
+        {
+            let (k, v) = row.map_err(|e| self.storage(e))?;
+            let key = k.value();
+            let uid = &key[start.len()..];
+            let entry: IndexEntry =
+                serde_json::from_slice(v.value()).map_err(|e| self.corrupt(key, e))?;
+            out.insert(uid.to_owned(), entry);
+        }
+        Ok(out)
+    }
+
+    /// Records, durably and before they are handed to the sink, the versions about to be
+    /// published (the write-ahead of the index; see [`StreamCheckpoint::in_doubt`]).
+    pub fn record_sent(
+        &self,
+        stream_key: &str,
+        sent: &[(String, IndexEntry)],
+    ) -> Result<(), CheckpointError> {
+        check_key(stream_key)?;
+        let tx = self.db.begin_write().map_err(|e| self.storage(e))?;
+        {
+            let mut table = tx.open_table(SENT).map_err(|e| self.storage(e))?;
+            for (uid, entry) in sent {
+                let bytes = serde_json::to_vec(entry).expect("an index entry serializes");
+                table
+                    .insert(index_key(stream_key, uid).as_str(), bytes.as_slice())
+                    .map_err(|e| self.storage(e))?;
+            }
         }
         tx.commit().map_err(|e| self.storage(e))
     }
@@ -225,23 +275,18 @@ impl Store {
             }
             None => None,
         };
-        let index_table = tx.open_table(INDEX).map_err(|e| self.storage(e))?;
-        let (start, end) = prefix_range(stream_key);
-        let mut index = HashMap::new();
-        for row in index_table
-            .range(start.as_str()..end.as_str())
-            .map_err(|e| self.storage(e))?
-        {
-            let (k, v) = row.map_err(|e| self.storage(e))?;
-            let key = k.value();
-            let uid = &key[start.len()..];
-            let entry: IndexEntry =
-                serde_json::from_slice(v.value()).map_err(|e| self.corrupt(key, e))?;
-            index.insert(uid.to_owned(), entry);
-        }
+        let index = self.read_prefix(
+            &tx.open_table(INDEX).map_err(|e| self.storage(e))?,
+            stream_key,
+        )?;
+        let in_doubt = self.read_prefix(
+            &tx.open_table(SENT).map_err(|e| self.storage(e))?,
+            stream_key,
+        )?;
         Ok(StreamCheckpoint {
             resource_version,
             index,
+            in_doubt,
         })
     }
 
@@ -283,6 +328,25 @@ impl Store {
                     .remove(index_key(stream_key, uid).as_str())
                     .map_err(|e| self.storage(e))?;
             }
+            // What the index now knows is no longer in doubt: drop the write-ahead rows it
+            // caught up with (a newer version still in flight stays).
+            let mut sent = tx.open_table(SENT).map_err(|e| self.storage(e))?;
+            for (uid, entry) in &batch.upserts {
+                let key = index_key(stream_key, uid);
+                let caught_up = match sent.get(key.as_str()).map_err(|e| self.storage(e))? {
+                    Some(v) => serde_json::from_slice::<IndexEntry>(v.value())
+                        .map(|s| s.resource_version == entry.resource_version)
+                        .unwrap_or(true),
+                    None => false,
+                };
+                if caught_up {
+                    sent.remove(key.as_str()).map_err(|e| self.storage(e))?;
+                }
+            }
+            for uid in &batch.removals {
+                sent.remove(index_key(stream_key, uid).as_str())
+                    .map_err(|e| self.storage(e))?;
+            }
         }
         tx.commit().map_err(|e| self.storage(e))
     }
@@ -315,6 +379,9 @@ impl Store {
             let (start, end) = prefix_range(stream_key);
             index
                 .retain_in(start.as_str()..end.as_str(), |_, _| false)
+                .map_err(|e| self.storage(e))?;
+            let mut sent = tx.open_table(SENT).map_err(|e| self.storage(e))?;
+            sent.retain_in(start.as_str()..end.as_str(), |_, _| false)
                 .map_err(|e| self.storage(e))?;
         }
         tx.commit().map_err(|e| self.storage(e))?;

@@ -270,3 +270,48 @@ fn redaction_key_is_created_once_and_reused() {
     std::fs::write(&given, "\n").unwrap();
     assert!(load_or_create_key(&given).is_err());
 }
+
+#[test]
+fn sent_versions_stay_in_doubt_until_the_index_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cp.redb");
+    let store = Store::open(&path).unwrap();
+    store
+        .record_sent(
+            S1,
+            &[
+                ("u1".into(), entry("a", "5")),
+                ("u2".into(), entry("b", "6")),
+            ],
+        )
+        .unwrap();
+    // u1 acknowledged at the version sent; u2 acknowledged at an older version while a
+    // newer one is still in flight; u3 deleted.
+    store
+        .record_sent(S1, &[("u3".into(), entry("c", "7"))])
+        .unwrap();
+    store
+        .commit(
+            S1,
+            &batch(
+                Some("7"),
+                &[("u1", entry("a", "5")), ("u2", entry("b", "4"))],
+                &["u3"],
+            ),
+        )
+        .unwrap();
+    drop(store);
+    // A crash here: reopening shows what is still in doubt.
+    let cp = Store::open(&path).unwrap().load(S1).unwrap();
+    assert_eq!(cp.in_doubt.len(), 1, "{:?}", cp.in_doubt);
+    assert_eq!(cp.in_doubt["u2"], entry("b", "6"));
+    assert_eq!(cp.index["u2"], entry("b", "4"));
+    assert!(
+        Store::open(&path)
+            .unwrap()
+            .load(S2)
+            .unwrap()
+            .in_doubt
+            .is_empty()
+    );
+}

@@ -118,6 +118,10 @@ pub struct WatchLoop {
     tx: mpsc::Sender<Item>,
     /// uid → what we last sent downstream for that object.
     index: HashMap<String, IndexEntry>,
+    /// uid → a version handed to the sink before a crash whose acknowledgement never made it
+    /// into the checkpoint: maybe downstream. The first list treats these as published (so a
+    /// vanished one gets its Deleted, with its newest version), then forgets them.
+    in_doubt: HashMap<String, IndexEntry>,
     /// The version the stream is complete up to, as far as sent items go.
     resource_version: Option<String>,
     /// Whether a checkpoint existed: a list is then a relist, with a marker.
@@ -151,6 +155,7 @@ impl WatchLoop {
             url_path,
             tx,
             index: checkpoint.index,
+            in_doubt: checkpoint.in_doubt,
             resource_version: checkpoint.resource_version,
             name,
             telemetry,
@@ -420,16 +425,27 @@ impl WatchLoop {
         };
         // Indexed objects the list no longer has vanished while we were not watching (or
         // stopped matching the selector): the stream's view says Deleted.
-        let vanished: Vec<String> = self
+        // Objects possibly published before a crash count too (regression: the relist after a
+        // kill -9 lost the deletes of objects published after the last checkpoint commit).
+        let mut vanished: Vec<String> = self
             .index
             .keys()
+            .chain(self.in_doubt.keys())
             .filter(|uid| !seen.contains(*uid))
             .cloned()
             .collect();
+        vanished.sort();
+        vanished.dedup();
         let deleted = vanished.len() as u64;
         let mut deletions = Vec::with_capacity(vanished.len());
         for uid in vanished {
-            let entry = self.index.get(&uid).cloned().expect("indexed");
+            // The in-doubt version is the newer one: the Deleted must not go back in versions.
+            let entry = self
+                .in_doubt
+                .get(&uid)
+                .or_else(|| self.index.get(&uid))
+                .cloned()
+                .expect("indexed or in doubt");
             let r = ObjectRef {
                 uid: uid.clone(),
                 namespace: entry.namespace.clone(),
@@ -482,6 +498,7 @@ impl WatchLoop {
             self.send(item).await?;
         }
         self.send(Item::Advance(list_rv.clone())).await?;
+        self.in_doubt.clear();
         self.metrics.event_seen(&list_rv);
         self.metrics.tracked.set(self.index.len() as i64);
         self.resource_version = Some(list_rv);
@@ -504,6 +521,8 @@ impl WatchLoop {
         publish: bool,
         advance: Option<String>,
     ) -> Item {
+        // A newer event of this object supersedes whatever was in doubt about it.
+        self.in_doubt.remove(&object.uid);
         match change {
             ChangeType::Deleted => {
                 self.index.remove(&object.uid);
