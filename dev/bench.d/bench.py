@@ -13,7 +13,7 @@ Scenarios (--scenarios, comma-separated; default all):
   churn     writes at fixed rates (--rates) for --duration; latency write-ack → consumer,
             CPU-seconds per 10k events, peak RSS
   restart   SIGTERM, writes while down, restart: LIST requests and time to the first new event
-  nats      kubewire → NATS JetStream: relist and churn rows
+  nats      kubewire → NATS JetStream: relist and churn rows (nats-relist, nats-churn: one of them)
 Each tool/scenario cell is repeated --reps times, tools alternating; figures are median
 [min, max] of the repetitions.
 """
@@ -311,7 +311,8 @@ class Kubewire(Tool):
             "clusters": [{"name": "bench"}],
             "resources": [{"resource": "configmaps", "namespaces": namespaces}],
             "sink": sink_cfg,
-            "checkpoint": {"path": str(checkpoint or (d / "checkpoint.redb"))},
+            # A fresh store per start unless one is given (a retried trial starts clean).
+            "checkpoint": {"path": str(checkpoint or (d / f"checkpoint{len(list(d.glob('kubewire*.log')))}.redb"))},
             "admin": {"address": self.admin},
             "log": {"format": "json", "level": "info"},
         }
@@ -385,6 +386,32 @@ class Otelcol(Tool):
         path.write_text(json.dumps(cfg, indent=2))
         n = len(list(d.glob("otelcol*.log")))
         return Sampled([str(self.binary()), "--config", str(path)], d / f"otelcol{n}.log")
+
+
+class WatchFloor(Tool):
+    """Not a tool: a bare watch from the load generator, the latency floor of churn."""
+
+    name = "watch"
+
+    def start(self, trial, namespaces, sink, **_):
+        d = self.run_dir / trial
+        d.mkdir(parents=True, exist_ok=True)
+        cmd = [ENV["KWB_LOADGEN"], "watch", "-ns", namespaces[0], "-out", str(self.run_dir / f"{trial}.events")]
+        return Sampled(cmd, d / "watch.log")
+
+
+class FileConsumer(Consumer):
+    """Reads the lines another process (the bare watch) writes; starts nothing."""
+
+    def __init__(self, out_path):
+        self.path = out_path
+        self.proc = None
+        self._pos = 0
+        self.events = []
+
+    def stop(self):
+        self.poll()
+        return self.events
 
 
 # ---------------------------------------------------------------- statistics
@@ -591,7 +618,10 @@ class Bench:
 
     def churn_once(self, tool, rate, rep, sink="kafka"):
         trial = f"churn-{tool.name}-{sink}-{rate}-r{rep}"
-        if sink == "kafka":
+        if tool.name == "watch":
+            cons = FileConsumer(self.run_dir / f"{trial}.events")
+            sink_spec = ("none", None)
+        elif sink == "kafka":
             topic = self.topic(tool.name, f"churn{rate}")
             cons = Consumer(self.run_dir / f"{trial}.events", topic=topic,
                             fmt="kubewire" if tool.name == "kubewire" else self.args.otel_encoding)
@@ -612,7 +642,12 @@ class Bench:
             probe_deadline = time.time() + 60
             ok = False
             while time.time() < probe_deadline and proc.alive():
-                out = loadgen("update", "-ns", NS_CHURN, "-name", "bench-000000")
+                try:
+                    out = loadgen("update", "-ns", NS_CHURN, "-name", "bench-000000")
+                except RuntimeError as e:  # the API server restarting (shared testenv)
+                    log(f"{trial}: probe write failed ({str(e)[-120:]}); retrying")
+                    time.sleep(2)
+                    continue
                 rv = out.split()[0]
                 t_end = time.time() + 3
                 while time.time() < t_end:
@@ -681,11 +716,13 @@ class Bench:
 
     def scenario_churn(self, sink="kafka"):
         tools = self.tools if sink == "kafka" else [self.tools[0]]
+        if sink == "kafka" and self.args.watch_floor:
+            tools = tools + [WatchFloor(self.args, self.run_dir)]
         ensure_objects(NS_CHURN, self.args.churn_objects, self.args.object_size)
         rows = []
         for rate in self.args.rates:
             for rep in range(self.args.reps):
-                for tool in (self.order(rep) if sink == "kafka" else tools):
+                for tool in (tools if rep % 2 == 0 else list(reversed(tools))):
                     rows.append(undisturbed(self.churn_once, tool, rate, rep, sink))
                     self.save_partial(f"churn_{sink}", rows)
         summary = {}
@@ -702,7 +739,7 @@ class Bench:
                     "events_per_cpu_second": mmm([r["events_per_cpu_second"] for r in mine]),
                     "peak_rss": mmm([r["peak_rss"] for r in mine]),
                 }
-            if len(tools) == 2 and all(s[t.name]["events_per_cpu_second"] for t in tools):
+            if {"kubewire", "otelcol"} <= {t.name for t in tools} and s["kubewire"]["events_per_cpu_second"] and s["otelcol"]["events_per_cpu_second"]:
                 # Ratio per repetition (same rep = adjacent in time), then median.
                 ratios = []
                 for rep in range(self.args.reps):
@@ -759,7 +796,7 @@ class Bench:
                 "seconds_to_first_new_event": (first - t_start) / 1e9 if first else None,
                 "events_after_restart": len(evs),
                 "new_changes": sum(1 for _, rv, _ in evs if rv.isdigit() and int(rv) > max_rv),
-                "apiserver_list_requests": apiserver_list_count() - apis_before if apis_before is not None else None,
+                "apiserver_list_requests": (lambda a: a - apis_before if a is not None and apis_before is not None else None)(apiserver_list_count()),
             })
             if tool.name == "kubewire":
                 row["list_requests"] = tool.list_requests()
@@ -824,9 +861,10 @@ class Bench:
             if "restart" in sc:
                 self.results["scenarios"]["restart"] = self.scenario_restart()
                 self.save()
-            if "nats" in sc:
+            if "nats" in sc or "nats-relist" in sc:
                 self.results["scenarios"]["relist_nats"] = self.scenario_relist("nats")
                 self.save()
+            if "nats" in sc or "nats-churn" in sc:
                 self.results["scenarios"]["churn_nats"] = self.scenario_churn("nats")
                 self.save()
         finally:
@@ -909,6 +947,8 @@ def main():
     p.add_argument("--relist-timeout", type=int, default=900)
     p.add_argument("--settle", type=float, default=5.0, help="seconds after a sync before reading RSS")
     p.add_argument("--no-peer", dest="peer", action="store_false")
+    p.add_argument("--no-watch-floor", dest="watch_floor", action="store_false",
+                   help="churn without the bare-watch latency floor row")
     p.add_argument("--otel-encoding", default="otlp_proto", choices=["otlp_proto", "otlp_json"])
     p.add_argument("--out", help="results directory (default target/bench/<time>)")
     p.add_argument("--cleanup", action="store_true", help="delete every benchmark ConfigMap at the end")

@@ -1,12 +1,15 @@
-"""PNG plots from one dev/bench run: `dev/bench.d/plot.py RESULTS_DIR [OUT_DIR]`.
+"""PNG plots from dev/bench runs: `dev/bench.d/plot.py RESULTS_DIR... [-o OUT_DIR]`.
 
-Reads RESULTS_DIR/results.json and the raw samples beside it (runs/*.latency.json, the RSS
-timelines in the rows) and writes (to OUT_DIR, default RESULTS_DIR):
-  latency-cdf.png   end-to-end latency CDF per churn rate, kubewire vs the peer (and NATS)
+Reads each RESULTS_DIR/results.json and the raw samples beside it (runs/*.latency.json, the
+RSS timelines in the rows). With several directories, each scenario's rows for one (tool,
+sink) come from the directory that has the most of them.
+Writes (to OUT_DIR, default the first RESULTS_DIR):
+  latency-cdf.png   end-to-end latency CDF per churn rate, kubewire vs the peer (and NATS,
+                    and the bare-watch floor)
   rss-relist.png    RSS over time during the initial sync of the largest N
   throughput.png    relist events/s per tool and N, and churn delivered/s per rate
 Run it with the bench venv's Python (dev/bench creates it):
-  ~/.cache/kubewire/bench-venv/bin/python dev/bench.d/plot.py .bench/results/<run>
+  ~/.cache/kubewire/bench-venv/bin/python dev/bench.d/plot.py target/bench/<run>... -o docs/benchmarks
 """
 
 import json
@@ -18,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"kubewire": "tab:blue", "otelcol": "tab:orange", "kubewire-nats": "tab:green"}
+COLORS = {"kubewire": "tab:blue", "otelcol": "tab:orange", "kubewire-nats": "tab:green", "watch": "grey"}
 
 
 def label(row):
@@ -35,15 +38,18 @@ def latency_cdf(res, rdir, out):
         for r in churn:
             if r["rate"] != rate:
                 continue
-            lat = json.loads((rdir / r["latency_file"]).read_text())
+            lat = json.loads((Path(r["_dir"]) / r["latency_file"]).read_text())
             if not lat:
                 continue
             ys = [(i + 1) / len(lat) for i in range(len(lat))]
             name = label(r)
             ax.plot(lat, ys, color=COLORS.get(name), alpha=0.8, lw=1,
                     label=f"{name} r{r['rep']}")
-        ax.set_xscale("log")
-        ax.set_xlabel("write ack → consumer receipt (ms, log)")
+        # symlog: the bare watch often sees the change before the writer gets its response
+        # (negative latency); linear within ±1 ms, logarithmic beyond.
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(-10, 1000)
+        ax.set_xlabel("write ack → consumer receipt (ms, symlog)")
         ax.set_ylabel("fraction of events")
         ax.set_title(f"{rate} writes/s")
         ax.grid(True, which="both", alpha=0.3)
@@ -118,11 +124,41 @@ def throughput(res, out):
     return p
 
 
+def merge(dirs):
+    """Per scenario and (tool, sink), the rows of the directory that has the most of them."""
+    res = {"scenarios": {}}
+    best = {}
+    for d in dirs:
+        one = json.loads((Path(d) / "results.json").read_text())
+        for key, sc in one["scenarios"].items():
+            if "rows" not in sc:
+                continue
+            groups = {}
+            for r in sc["rows"]:
+                groups.setdefault((r["tool"], r.get("sink")), []).append(dict(r, _dir=str(d)))
+            for g, rows in groups.items():
+                if len(rows) > len(best.get((key, g), [])):
+                    best[(key, g)] = rows
+            mine = res["scenarios"].setdefault(key, {"rows": []})
+            if sc.get("raw_list_seconds") and not mine.get("raw_list_seconds"):
+                mine["raw_list_seconds"] = sc["raw_list_seconds"]
+    for (key, _), rows in best.items():
+        res["scenarios"][key]["rows"].extend(rows)
+    return res
+
+
 def main():
-    rdir = Path(sys.argv[1])
-    out = Path(sys.argv[2]) if len(sys.argv) > 2 else rdir
+    args = sys.argv[1:]
+    out = None
+    if "-o" in args:
+        i = args.index("-o")
+        out = Path(args[i + 1])
+        del args[i : i + 2]
+    dirs = [Path(a) for a in args]
+    out = out or dirs[0]
     out.mkdir(parents=True, exist_ok=True)
-    res = json.loads((rdir / "results.json").read_text())
+    res = merge(dirs)
+    rdir = dirs[0]
     for f in (lambda: latency_cdf(res, rdir, out), lambda: rss_relist(res, out), lambda: throughput(res, out)):
         p = f()
         if p:

@@ -7,6 +7,8 @@
 //	                                                      F gets "name rv ack_unix_ns" per write
 //	loadgen update -ns NS -name NAME                      one write; prints "rv ack_unix_ns"
 //	loadgen delete -ns NS [-c 32]                         delete every bench ConfigMap in NS
+//	loadgen watch  -ns NS -out F                          the latency floor: a bare watch from now;
+//	                                                      F gets "name rv receipt_unix_ns" per event
 //
 // Objects are named bench-<i> (zero-padded) and labelled app.kubernetes.io/managed-by=kubewire-bench.
 package main
@@ -23,9 +25,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -362,6 +366,70 @@ func cmdDelete(c *client, ns string, conc int) {
 	fmt.Printf("{\"deleted\":%d,\"errors\":%d,\"seconds\":%.3f}\n", len(names)-int(errs), errs, time.Since(t0).Seconds())
 }
 
+// cmdWatch: a bare watch (no decode beyond name and resourceVersion, no sink) from the
+// current resourceVersion, until SIGTERM; the floor of write-ack → receipt latency here.
+func cmdWatch(c *client, ns, out string) {
+	f, err := os.Create(out)
+	must(err)
+	w := bufio.NewWriter(f)
+	code, b, err := c.do("GET", "/api/v1/namespaces/"+ns+"/configmaps?limit=1", "", nil)
+	must(err)
+	if code != 200 {
+		must(fmt.Errorf("list: HTTP %d: %.300s", code, b))
+	}
+	var p listPage
+	must(json.Unmarshal(b, &p))
+	req, err := http.NewRequest("GET", c.base+"/api/v1/namespaces/"+ns+"/configmaps?watch=1&resourceVersion="+p.Metadata.ResourceVersion, nil)
+	must(err)
+	// No client timeout on the stream.
+	resp, err := (&http.Client{Transport: c.http.Transport}).Do(req)
+	must(err)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sig
+		resp.Body.Close()
+	}()
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		for {
+			select {
+			case <-t.C:
+				mu.Lock()
+				w.Flush()
+				mu.Unlock()
+			case <-stop:
+				return
+			}
+		}
+	}()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev struct {
+			Object struct {
+				Metadata struct {
+					Name            string `json:"name"`
+					ResourceVersion string `json:"resourceVersion"`
+				} `json:"metadata"`
+			} `json:"object"`
+		}
+		if err := dec.Decode(&ev); err != nil {
+			break
+		}
+		now := time.Now().UnixNano()
+		mu.Lock()
+		fmt.Fprintf(w, "%s %s %d\n", ev.Object.Metadata.Name, ev.Object.Metadata.ResourceVersion, now)
+		mu.Unlock()
+	}
+	close(stop)
+	mu.Lock()
+	must(w.Flush())
+	mu.Unlock()
+	must(f.Close())
+}
+
 func main() {
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: loadgen create|list|churn|update|delete [flags]")
@@ -394,6 +462,8 @@ func main() {
 		fmt.Printf("%s %d\n", rv, ack)
 	case "delete":
 		cmdDelete(c, *ns, *conc)
+	case "watch":
+		cmdWatch(c, *ns, *out)
 	default:
 		fmt.Fprintln(os.Stderr, "unknown command", os.Args[1])
 		os.Exit(2)
