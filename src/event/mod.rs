@@ -332,7 +332,11 @@ mod tests {
         assert_eq!(id("v1").key(), id("v2").key());
         let mut other = id("v1");
         other.label_selector = None;
-        assert_ne!(id("v1").key(), other.key(), "selectors are part of the identity");
+        assert_ne!(
+            id("v1").key(),
+            other.key(),
+            "selectors are part of the identity"
+        );
     }
 
     #[test]
