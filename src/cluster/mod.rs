@@ -145,13 +145,22 @@ pub struct Catalog {
 
 impl Catalog {
     pub async fn discover(cluster: &str, client: &kube::Client) -> Result<Self, ClusterError> {
-        let discovery = Discovery::new(client.clone())
-            .run()
-            .await
-            .map_err(|source| ClusterError::Discovery {
-                cluster: cluster.to_owned(),
-                source,
-            })?;
+        // Aggregated discovery is one request for all groups: a group that appears or
+        // disappears meanwhile (a CRD being created or deleted) cannot fail it half-way, as
+        // it fails the per-group walk with a 404. Servers without it get the walk.
+        let discovery = match Discovery::new(client.clone()).run_aggregated().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%cluster, error = %e, "aggregated discovery unavailable; walking the groups");
+                Discovery::new(client.clone())
+                    .run()
+                    .await
+                    .map_err(|source| ClusterError::Discovery {
+                        cluster: cluster.to_owned(),
+                        source,
+                    })?
+            }
+        };
         let mut entries = Vec::new();
         for group in discovery.groups() {
             let preferred = group.preferred_version_or_latest().to_owned();
