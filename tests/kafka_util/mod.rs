@@ -109,9 +109,15 @@ impl Reader {
         }
     }
 
-    /// Reads whatever is available now (until a short poll returns nothing).
+    /// Reads whatever is available now: until a short poll returns nothing, or for at most a
+    /// second, so that a topic written to without pause (a writer running during the test)
+    /// still lets the caller check its condition.
     pub fn poll(&mut self) -> &[Record] {
-        while let Some(m) = self.consumer.poll(Duration::from_millis(300)) {
+        let until = std::time::Instant::now() + Duration::from_secs(1);
+        while std::time::Instant::now() < until {
+            let Some(m) = self.consumer.poll(Duration::from_millis(300)) else {
+                break;
+            };
             // Transient errors (e.g. all brokers down during an outage test): read on later.
             let Ok(m) = m else { break };
             let headers = m
