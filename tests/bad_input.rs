@@ -13,7 +13,7 @@ mod harness;
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use harness::{Kubewire, change, create_namespace, object_events};
+use harness::{Kubewire, change, fresh_namespace, object_events};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
@@ -391,8 +391,7 @@ proptest! {
 
 async fn namespace(prefix: &str) -> (kube::Client, tempfile::TempDir, String) {
     let client = common::kube_client().await;
-    let ns = common::unique_name(prefix);
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, prefix).await;
     (client, tempfile::tempdir().unwrap(), ns)
 }
 

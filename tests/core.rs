@@ -5,7 +5,7 @@ mod common;
 mod harness;
 
 use harness::{
-    Kubewire, change, check_duplicates, cluster_configmaps, configmap, create_namespace,
+    Kubewire, change, check_duplicates, cluster_configmaps, configmap, fresh_namespace,
     object_events, replay,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
@@ -21,8 +21,7 @@ async fn setup(prefix: &str, n: usize) -> (kube::Client, tempfile::TempDir, Vec<
     let client = common::kube_client().await;
     let mut names = Vec::new();
     for _ in 0..n {
-        let ns = common::unique_name(prefix);
-        create_namespace(&client, &ns).await;
+        let ns = fresh_namespace(&client, prefix).await;
         names.push(ns);
     }
     (client, tempfile::tempdir().unwrap(), names)

@@ -7,7 +7,7 @@ mod common;
 mod harness;
 
 use harness::{
-    Kubewire, change, check_duplicates, cluster_configmaps, configmap, create_namespace, replay,
+    Kubewire, change, check_duplicates, cluster_configmaps, configmap, fresh_namespace, replay,
 };
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
@@ -17,8 +17,7 @@ use serde_json::json;
 #[tokio::test]
 async fn relist_after_compaction_reconciles_deletes_modifies_and_creates() {
     let client = common::kube_client().await;
-    let ns = common::unique_name("kw-relist");
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, "kw-relist").await;
     let dir = tempfile::tempdir().unwrap();
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let pp = PostParams::default();

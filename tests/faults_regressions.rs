@@ -5,7 +5,7 @@
 mod common;
 mod harness;
 
-use harness::{Kubewire, change, configmap, create_namespace, object_events};
+use harness::{Kubewire, change, configmap, fresh_namespace, object_events};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 
 async fn setup(prefix: &str) -> (kube::Client, tempfile::TempDir, String) {
     let client = common::kube_client().await;
-    let ns = common::unique_name(prefix);
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, prefix).await;
     (client, tempfile::tempdir().unwrap(), ns)
 }
 

@@ -19,7 +19,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use harness::{Kubewire, cluster_configmaps, configmap, create_namespace, replay};
+use harness::{Kubewire, cluster_configmaps, configmap, fresh_namespace, replay};
 use kafka_util::{Reader, create_topic, sink_yaml};
 
 /// Peak resident memory (VmHWM, kB) of the kubewire process whose command line names `dir`.
@@ -50,8 +50,7 @@ impl Drop for RestartKafka {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_during_a_burst_loses_nothing() {
     let client = common::kube_client().await;
-    let ns = common::unique_name("kafka-outage");
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, "kafka-outage").await;
     let topic = common::unique_name("kw-outage");
     create_topic(&topic, 3, &[]).await;
     let dir = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use harness::{Kubewire, cluster_configmaps, configmap, create_namespace, replay};
+use harness::{Kubewire, cluster_configmaps, configmap, fresh_namespace, replay};
 use kafka_util::{Reader, Record, create_topic, sink_yaml, topic_config};
 
 fn rv(e: &Value) -> u64 {
@@ -27,12 +27,6 @@ fn is_object_event(e: &Value) -> bool {
         .is_some_and(|t| t.starts_with("io.kubewire.object."))
 }
 
-async fn namespace(client: &kube::Client, prefix: &str) -> String {
-    let ns = common::unique_name(prefix);
-    create_namespace(client, &ns).await;
-    ns
-}
-
 /// uid → resourceVersion after replaying the CloudEvents read from the topic.
 fn replayed(records: &[Record]) -> BTreeMap<String, String> {
     let events: Vec<Value> = records.iter().filter_map(|r| r.value.clone()).collect();
@@ -42,7 +36,7 @@ fn replayed(records: &[Record]) -> BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configmap_churn_reaches_the_topic_in_order_with_headers_and_final_state() {
     let client = common::kube_client().await;
-    let ns = namespace(&client, "kafka-e2e").await;
+    let ns = fresh_namespace(&client, "kafka-e2e").await;
     let topic = common::unique_name("kw-e2e");
     create_topic(&topic, 3, &[]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -148,8 +142,8 @@ async fn configmap_churn_reaches_the_topic_in_order_with_headers_and_final_state
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templates_override_created_topics_keys_and_tombstones() {
     let client = common::kube_client().await;
-    let a = namespace(&client, "kafka-tpl-a").await;
-    let b = namespace(&client, "kafka-tpl-b").await;
+    let a = fresh_namespace(&client, "kafka-tpl-a").await;
+    let b = fresh_namespace(&client, "kafka-tpl-b").await;
     let prefix = common::unique_name("kwt");
     let own = format!("{prefix}-own");
     let dir = tempfile::tempdir().unwrap();
@@ -216,7 +210,7 @@ async fn templates_override_created_topics_keys_and_tombstones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_topic_is_a_clear_startup_error() {
     let client = common::kube_client().await;
-    let ns = namespace(&client, "kafka-missing").await;
+    let ns = fresh_namespace(&client, "kafka-missing").await;
     let topic = common::unique_name("kw-absent");
     let dir = tempfile::tempdir().unwrap();
     let _kw = Kubewire::start_with_sink(
@@ -244,7 +238,7 @@ async fn missing_topic_is_a_clear_startup_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_object_is_replaced_by_an_oversize_event_and_others_flow() {
     let client = common::kube_client().await;
-    let ns = namespace(&client, "kafka-big").await;
+    let ns = fresh_namespace(&client, "kafka-big").await;
     let topic = common::unique_name("kw-big");
     create_topic(&topic, 1, &[("max.message.bytes", "100000")]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -322,7 +316,7 @@ async fn oversize_object_is_replaced_by_an_oversize_event_and_others_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_kill9_mid_burst_duplicates_carry_the_original_ce_id() {
     let client = common::kube_client().await;
-    let ns = namespace(&client, "kafka-kill").await;
+    let ns = fresh_namespace(&client, "kafka-kill").await;
     let topic = common::unique_name("kw-kill");
     create_topic(&topic, 3, &[]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -417,7 +411,7 @@ fn sasl_sink_yaml(topic: &str, password_file: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_plain_authenticates_and_a_wrong_password_is_a_clear_error() {
     let client = common::kube_client().await;
-    let ns = namespace(&client, "kafka-sasl").await;
+    let ns = fresh_namespace(&client, "kafka-sasl").await;
     let topic = common::unique_name("kw-sasl");
     create_topic(&topic, 1, &[]).await;
 

@@ -7,9 +7,7 @@ mod harness;
 
 use std::time::Instant;
 
-use harness::{
-    Kubewire, check_duplicates, cluster_configmaps, configmap, create_namespace, replay,
-};
+use harness::{Kubewire, check_duplicates, cluster_configmaps, configmap, fresh_namespace, replay};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -31,8 +29,7 @@ fn replica(dir: &std::path::Path, ns: &str, identity: &str) -> Kubewire {
 #[tokio::test]
 async fn a_standby_takes_over_when_the_leader_is_killed_and_the_stream_converges() {
     let client = common::kube_client().await;
-    let ns = common::unique_name("kw-ha");
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, "kw-ha").await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let pp = PostParams::default();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -97,8 +94,7 @@ async fn a_standby_takes_over_when_the_leader_is_killed_and_the_stream_converges
 #[tokio::test]
 async fn a_graceful_stop_releases_the_lease_and_exits_zero() {
     let client = common::kube_client().await;
-    let ns = common::unique_name("kw-ha-term");
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, "kw-ha-term").await;
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = replica(da.path(), &ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)

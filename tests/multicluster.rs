@@ -4,7 +4,7 @@
 mod common;
 mod harness;
 
-use harness::{Kubewire, change, configmap, create_namespace};
+use harness::{Kubewire, change, configmap, create_namespace, fresh_namespace};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
@@ -28,8 +28,7 @@ async fn second_cluster() -> kube::Client {
 async fn two_clusters_stream_into_one_sink_each_event_tagged_with_its_cluster() {
     let one = common::kube_client().await;
     let two = second_cluster().await;
-    let ns = common::unique_name("kw-multi");
-    create_namespace(&one, &ns).await;
+    let ns = fresh_namespace(&one, "kw-multi").await;
     create_namespace(&two, &ns).await;
     let dir = tempfile::tempdir().unwrap();
     let kw = Kubewire::start_with(

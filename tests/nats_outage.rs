@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use harness::{Kubewire, configmap, create_namespace};
+use harness::{Kubewire, configmap, fresh_namespace};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -58,8 +58,7 @@ async fn probe(api: &Api<ConfigMap>, stream: &str, n: u32) -> (f64, (String, Str
 #[tokio::test]
 async fn nats_restart_during_a_burst_loses_no_event() {
     let client = common::kube_client().await;
-    let ns = common::unique_name("kw-nats-outage");
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, "kw-nats-outage").await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique_prefix("kwout");
     let stream = prefix.to_uppercase();

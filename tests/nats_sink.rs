@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use futures::StreamExt;
-use harness::{Kubewire, configmap, create_namespace};
+use harness::{Kubewire, configmap, fresh_namespace};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -23,8 +23,7 @@ use serde_json::json;
 
 async fn setup(prefix: &str) -> (kube::Client, tempfile::TempDir, String) {
     let client = common::kube_client().await;
-    let ns = common::unique_name(prefix);
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, prefix).await;
     (client, tempfile::tempdir().unwrap(), ns)
 }
 

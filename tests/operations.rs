@@ -3,7 +3,7 @@
 mod common;
 mod harness;
 
-use harness::{Kubewire, configmap, create_namespace, http_get};
+use harness::{Kubewire, configmap, fresh_namespace, http_get};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
@@ -11,8 +11,7 @@ use kube::api::PostParams;
 #[tokio::test]
 async fn readyz_names_the_unresolvable_resource_and_metrics_count_published_events() {
     let client = common::kube_client().await;
-    let ns = common::unique_name("kw-ops");
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, "kw-ops").await;
     let dir = tempfile::tempdir().unwrap();
     let kw = Kubewire::start(
         dir.path(),
@@ -66,8 +65,7 @@ async fn readyz_names_the_unresolvable_resource_and_metrics_count_published_even
 #[tokio::test]
 async fn readyz_is_ok_once_every_stream_has_synced() {
     let client = common::kube_client().await;
-    let ns = common::unique_name("kw-ready");
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, "kw-ready").await;
     let dir = tempfile::tempdir().unwrap();
     let kw = Kubewire::start(
         dir.path(),
@@ -103,8 +101,7 @@ fn dashboard_metric_names() -> Vec<String> {
 #[tokio::test]
 async fn the_dashboard_queries_only_metrics_kubewire_exports() {
     let client = common::kube_client().await;
-    let ns = common::unique_name("kw-dash");
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, "kw-dash").await;
     let dir = tempfile::tempdir().unwrap();
     let kw = Kubewire::start(
         dir.path(),

@@ -9,7 +9,7 @@ mod otel_support;
 
 use std::collections::HashSet;
 
-use harness::{Kubewire, configmap, create_namespace, object_events};
+use harness::{Kubewire, configmap, fresh_namespace, object_events};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
@@ -20,8 +20,7 @@ async fn every_published_events_traceparent_is_a_span_the_collector_received_wit
 {
     let (endpoint, file) = collector();
     let client = common::kube_client().await;
-    let ns = common::unique_name("kw-traces");
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, "kw-traces").await;
     let service = common::unique_name("kubewire-traces");
     let dir = tempfile::tempdir().unwrap();
     let kw = Kubewire::start_with(
@@ -122,8 +121,7 @@ async fn a_collector_that_is_down_neither_blocks_nor_slows_the_events() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let client = common::kube_client().await;
-    let ns = common::unique_name("kw-traces-down");
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, "kw-traces-down").await;
     let dir = tempfile::tempdir().unwrap();
     // A tiny queue, so that it overflows at once and spans are dropped.
     let mut kw = Kubewire::start_with(

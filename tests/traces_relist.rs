@@ -7,7 +7,7 @@ mod common;
 mod harness;
 mod otel_support;
 
-use harness::{Kubewire, configmap, create_namespace, object_events};
+use harness::{Kubewire, configmap, fresh_namespace, object_events};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -24,8 +24,7 @@ fn find<'a>(spans: &'a [Span], trace: &str, span: &str) -> Option<&'a Span> {
 async fn watch_restarts_and_relists_are_spans_and_a_graceful_stop_flushes_them() {
     let (endpoint, file) = collector();
     let client = common::kube_client().await;
-    let ns = common::unique_name("kw-traces-relist");
-    create_namespace(&client, &ns).await;
+    let ns = fresh_namespace(&client, "kw-traces-relist").await;
     let service = common::unique_name("kubewire-relist");
     let dir = tempfile::tempdir().unwrap();
     // The export interval is far longer than the test: only the flush at a graceful stop

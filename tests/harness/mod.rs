@@ -289,6 +289,13 @@ pub async fn cluster_configmaps(
     out
 }
 
+/// Creates a namespace with a unique name starting with `prefix`; returns the name.
+pub async fn fresh_namespace(client: &kube::Client, prefix: &str) -> String {
+    let name = common::unique_name(prefix);
+    create_namespace(client, &name).await;
+    name
+}
+
 /// Creates a namespace named `name`.
 pub async fn create_namespace(client: &kube::Client, name: &str) {
     use k8s_openapi::api::core::v1::Namespace;
