@@ -1,4 +1,4 @@
-//! The fault suite in its shortened CI form (docs/faults.md): each test runs one scenario of
+//! The fault suite in its shortened CI form (docs/reliability.md): each test runs one scenario of
 //! `dev/faults --ci` against the real services — churn workload, one fault, then the
 //! independent checker (`dev/checker/`, which shares no code with kubewire) compares the sink
 //! with the cluster — and asserts its verdict: nothing lost, order kept, data equal.
@@ -126,14 +126,20 @@ fn deleted_nats_stream_is_reported_and_recovered_when_recreated() {
     assert_eq!(figure(&v, "error_logged"), "True", "{v}");
 }
 
-// Known bug, not fixed yet (docs/faults.md, "Kafka re-sends after a deleted topic"): messages
-// librdkafka fails for the missing topic are produced again after later events of the same key,
-// so per-key order (and the final state of some keys) breaks. Ignored — reported as ignored,
-// never as passed — until the sink re-sends failures in order behind a closed gate; run it
-// with `cargo test --test faults -- --ignored` or `dev/faults kafka-topic-deleted`.
+// Regression (docs/reliability.md, bug 2): messages librdkafka fails for the missing topic
+// were produced again after later events of the same key. The checker's verdict counts every
+// per-key version regression (`misordered`) and stale final state; both must be 0.
 #[test]
-#[ignore = "known bug: Kafka re-sends after a deleted topic break per-key order (docs/faults.md)"]
 fn deleted_kafka_topic_is_reported_and_recovered_when_recreated() {
     let v = scenario("kafka-topic-deleted");
     assert_eq!(figure(&v, "error_logged"), "True", "{v}");
+    assert_eq!(figure(&v, "readyz"), "503", "{v}");
+    assert_eq!(figure(&v, "misordered"), "0", "{v}");
+}
+
+#[test]
+fn revoked_kafka_credentials_are_reported_and_recovered_when_restored() {
+    let v = scenario("kafka-credentials-revoked");
+    assert_eq!(figure(&v, "error_logged"), "True", "{v}");
+    assert_eq!(figure(&v, "readyz"), "503", "{v}");
 }

@@ -1,4 +1,4 @@
-//! Regression tests for the bugs the fault suite (`dev/faults`, docs/faults.md) found, each
+//! Regression tests for the bugs the fault suite (`dev/faults`, docs/reliability.md) found, each
 //! reduced to a deterministic sequence against the real API server with the file sink. Each
 //! test is named after the bug it pins.
 

@@ -1,4 +1,4 @@
-"""dev/faults: kubewire's fault suite (docs/faults.md). Run through dev/faults, which sets up
+"""dev/faults: kubewire's fault suite (docs/reliability.md). Run through dev/faults, which sets up
 the environment and the checker's virtualenv.
 
 Each scenario: fresh namespaces, a fresh NATS stream / Kafka topic / output file; kubewire
@@ -174,6 +174,25 @@ class Kubewire:
                 pass
         return out
 
+    def readyz(self):
+        """(status, body) of the current run's /readyz (its address is in its log)."""
+        import urllib.error
+        import urllib.request
+        addr = next((r.get("address") or r.get("fields", {}).get("address")
+                     for r in self.logs(self.runs) if "admin server listening" in msg_of(r)), None)
+        if not addr:
+            return None, "no admin address logged"
+        try:
+            with urllib.request.urlopen(f"http://{addr}/readyz", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def first_log(self, needle):
+        """The first record whose message or fields contain `needle`, or None."""
+        return next((r for r in self.logs() if needle in json.dumps(r, ensure_ascii=False)),
+                    None)
+
     def count_log(self, needle):
         return sum(1 for r in self.logs() if needle in str(r.get("message", "")) or
                    needle in str(r.get("fields", {}).get("message", "")))
@@ -207,6 +226,7 @@ class Run:
         self.journal = os.path.join(self.dir, "churn.jsonl")
         self.collector = self.churn = self.kw = None
         self.probe_n = 0
+        self.scram_user = None  # kafka-credentials-revoked: kubewire's own SCRAM user
 
     # -- set-up
     def config(self, extra_sink=None):
@@ -217,6 +237,11 @@ class Run:
                     f"  ackTimeoutMs: 2000\n"
                     f"  stream: {{name: {self.stream}, create: true, subjects: [\"{self.subject_prefix}.>\"], "
                     f"duplicateWindowSeconds: 600}}\n")
+        elif self.sink == "kafka" and self.scram_user:
+            sink = (f"sink:\n  type: kafka\n  brokers: {os.environ['KAFKA_SASL_BROKERS']}\n"
+                    f"  topic: {self.topic}\n  securityProtocol: sasl_plaintext\n"
+                    f"  sasl: {{mechanism: SCRAM-SHA-256, username: {self.scram_user}, "
+                    f"passwordFile: {self.scram_password_file}}}\n")
         elif self.sink == "kafka":
             sink = (f"sink:\n  type: kafka\n  brokers: {os.environ['KAFKA_BROKERS']}\n"
                     f"  topic: {self.topic}\n")
@@ -364,6 +389,11 @@ class Run:
             asyncio.run(nats_stream_op("delete", self.stream))
         elif self.sink == "kafka":
             kafka_delete_topic(self.topic)
+        if self.scram_user:
+            try:
+                kafka_scram(self.scram_user)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
 
     def abort(self):
         for p in (self.churn, self.collector):
@@ -393,6 +423,21 @@ def kafka_delete_topic(topic):
         admin.delete_topics([topic])[topic].result(30)
     except Exception as e:  # noqa: BLE001
         return e
+
+
+def kafka_scram(user, password=None):
+    """Creates (with `password`) or deletes (without) `user`'s SCRAM-SHA-256 credential on the
+    dev/testenv broker, through the admin API on its unauthenticated listener."""
+    from confluent_kafka.admin import (ScramCredentialInfo, ScramMechanism,
+                                       UserScramCredentialDeletion, UserScramCredentialUpsertion)
+    admin = kafka_admin()
+    if password is None:
+        change = UserScramCredentialDeletion(user, ScramMechanism.SCRAM_SHA_256)
+    else:
+        change = UserScramCredentialUpsertion(
+            user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 4096), password.encode())
+    for f in admin.alter_user_scram_credentials([change]).values():
+        f.result(30)
 
 
 def kafka_high_watermarks(topic):
@@ -554,14 +599,11 @@ def fault_kafka_topic_deleted(run: Run, o):
     kafka_delete_topic(run.topic)
     os.unlink(run.pause_file)
     t0 = time.monotonic()
+    # kubewire must say so, naming the topic, and turn unready: a clear error, not silence
+    said = await_error(run, o.revoked_for, t0, f"kafka topic {run.topic} does not exist", run.topic)
+    run.figures["error_logged"] = said
     while time.monotonic() - t0 < o.revoked_for:
         time.sleep(0.5)
-    errs = [msg_of(r) for r in run.kw.logs() if r.get("level") in ("ERROR", "WARN")]
-    run.figures["error_logged"] = bool(errs)
-    if not errs:
-        run.problems.append("kubewire logged no error or warning while its topic was gone")
-    else:
-        run.figures["first_error"] = errs[0][:60].replace(" ", "_")
     # recreate: a broker may need a moment to finish the deletion
     end = time.monotonic() + 60
     while True:
@@ -576,6 +618,55 @@ def fault_kafka_topic_deleted(run: Run, o):
     run.recovery()
 
 
+def await_error(run: Run, limit, t0, needle, culprit):
+    """Waits (bounded) for kubewire's error containing `needle`; then /readyz must be 503 and
+    name `culprit`. Records `error_after_s` and `readyz`; a miss is a problem. Returns whether
+    the error was logged."""
+    while run.kw.first_log(needle) is None:
+        if time.monotonic() - t0 > limit:
+            run.problems.append(f"kubewire logged no error containing {needle!r} within {limit} s")
+            run.figures["error_after_s"] = "none"
+            return False
+        time.sleep(0.5)
+    run.figures["error_after_s"] = round(time.monotonic() - t0, 1)
+    status, body = run.kw.readyz()
+    run.figures["readyz"] = status
+    if status != 503 or culprit not in body:
+        run.problems.append(f"/readyz during the fault: {status} {body[:200]!r}, "
+                            f"expected 503 naming {culprit}")
+    return True
+
+
+def prepare_scram(run: Run, o):
+    """Before kubewire starts: its own SCRAM user, so the fault can revoke it."""
+    run.scram_user = f"kubewire-{run.id}"
+    run.scram_password = uuid.uuid4().hex
+    run.scram_password_file = os.path.join(run.dir, "kafka-password")
+    with open(run.scram_password_file, "w") as f:
+        f.write(run.scram_password)
+    kafka_scram(run.scram_user, run.scram_password)
+
+
+def fault_kafka_credentials_revoked(run: Run, o):
+    """kubewire's SCRAM credential deleted mid-run (the broker re-authenticates sessions every
+    5 s, so the live connection is refused within seconds), then created again."""
+    t0 = time.monotonic()
+    kafka_scram(run.scram_user)
+    run.figures["error_logged"] = await_error(run, o.credentials_for, t0,
+                                              "kafka authentication failed", "authentication")
+    while time.monotonic() - t0 < o.credentials_for:
+        time.sleep(0.5)
+    kafka_scram(run.scram_user, run.scram_password)
+    run.figures["revoked_s"] = round(time.monotonic() - t0, 1)
+    run.recovery()
+    # and ready again once deliveries flow
+    end = time.monotonic() + 30
+    while (status := run.kw.readyz()[0]) != 200 and time.monotonic() < end:
+        time.sleep(0.5)
+    if status != 200:
+        run.problems.append(f"/readyz still {status} 30 s after the credential was restored")
+
+
 SCENARIOS = {
     # name: (sink, fault)
     "kill9": ("nats", fault_kill9),
@@ -588,7 +679,11 @@ SCENARIOS = {
     "stalled-watch": ("file", fault_stall),
     "nats-stream-deleted": ("nats", fault_nats_stream_deleted),
     "kafka-topic-deleted": ("kafka", fault_kafka_topic_deleted),
+    "kafka-credentials-revoked": ("kafka", fault_kafka_credentials_revoked),
 }
+
+# Set-up a scenario needs before kubewire starts.
+PREPARE = {"kafka-credentials-revoked": prepare_scram}
 
 
 def run_scenario(name, o):
@@ -596,6 +691,8 @@ def run_scenario(name, o):
     run = Run(name, o.sink or sink, o)
     log(f"{run.id}: sink {run.sink}, namespaces {','.join(run.namespaces)}, dir {run.dir}")
     try:
+        if name in PREPARE and run.sink == "kafka":
+            PREPARE[name](run, o)
         run.setup()
         run.start_churn()
         time.sleep(o.warmup)  # let the churn run before the fault (workload pacing)
@@ -635,7 +732,7 @@ def main(argv=None):
         kill_rounds=10 if ci else 12, kill_min=0.3 if ci else 1.0, kill_max=1.5 if ci else 5.0,
         kafka_outage=8 if ci else 45, compaction_for=12 if ci else 60, compaction_every=2 if ci else 3,
         watch_timeout=4 if ci else 8, idle_timeout=5 if ci else 10, stall=7 if ci else 15,
-        revoked_for=40 if ci else 45,
+        revoked_for=40 if ci else 45, credentials_for=15 if ci else 45,
     )
     for k, v in defaults.items():
         if getattr(o, k, None) is None:

@@ -5,19 +5,21 @@
 //!   resolves when the broker has the message (`acks=all`). Many messages are in flight.
 //! - **Backpressure.** The producer queue is bounded (`queueMaxMessages`, `queueMaxKbytes`);
 //!   when it is full, `send` waits for deliveries to free room. Nothing is dropped.
-//! - **Nothing expires.** `message.timeout.ms=0`: during a broker outage messages wait in the
-//!   queue. A delivery that still fails (a non-retriable broker error) is produced again
-//!   after a backoff, so it is never lost (its order relative to later events of the same
-//!   key is then not guaranteed: the one exception to per-key order, logged).
+//! - **Nothing expires, order kept.** `message.timeout.ms=0`: during a broker outage messages
+//!   wait in the queue. A delivery librdkafka still gives up on (a deleted topic, a
+//!   non-retriable broker error) is produced again, in order, by [`delivery`]: new events
+//!   wait until every failed one is delivered.
 //! - **Oversize.** An event larger than its topic accepts is replaced by a small
 //!   `io.kubewire.object.oversize` event (or, with `onOversize: fail`, stops its stream).
 //! - **Health.** `Down` from librdkafka's "all brokers down" until a broker is up again
-//!   (statistics) or a delivery succeeds; logged once per change.
+//!   (statistics) or a delivery succeeds; while failed deliveries are re-sent; while a topic
+//!   with events waiting for it turns out to be missing. Logged once per change.
 
 mod client;
+mod delivery;
 mod topics;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +35,9 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{Notify, oneshot};
+use tokio::task::AbortHandle;
 
+use self::delivery::{Done, Failed, Next, Token};
 use self::topics::{Lookup, Topics};
 use super::{Ack, SendFuture, Sink, SinkError, SinkHealth};
 use crate::config::{KafkaSinkConfig, OnOversize};
@@ -50,6 +54,11 @@ const RECORD_OVERHEAD: usize = 512;
 /// How long `build` waits for the brokers to say whether a fixed topic exists.
 const STARTUP_LOOKUP: Duration = Duration::from_secs(15);
 
+/// Events outstanding for a topic this long without a delivery: look whether the topic
+/// still exists (librdkafka waits 30 s for a deleted topic before saying anything).
+const STALL: Duration = Duration::from_secs(10);
+const STALL_CHECK: Duration = Duration::from_secs(5);
+
 pub async fn build(cfg: &KafkaSinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(Box::new(KafkaSink::new(cfg).await?))
 }
@@ -57,6 +66,16 @@ pub async fn build(cfg: &KafkaSinkConfig) -> Result<Box<dyn Sink>, SinkError> {
 /// The Kafka sink.
 pub struct KafkaSink {
     inner: Arc<Inner>,
+    /// The re-sender and the stall watch.
+    tasks: Vec<AbortHandle>,
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 struct Inner {
@@ -70,8 +89,8 @@ struct Inner {
     on_oversize: OnOversize,
     /// The producer's `message.max.bytes`.
     producer_max_bytes: usize,
-    /// Whether re-sends are failing (logged once per episode).
-    resending: AtomicBool,
+    /// Whether librdkafka refuses new records (logged once per episode).
+    refusing: AtomicBool,
 }
 
 impl KafkaSink {
@@ -116,7 +135,7 @@ impl KafkaSink {
             tombstones: cfg.tombstones,
             on_oversize: cfg.on_oversize,
             producer_max_bytes,
-            resending: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
         };
         if let Some(topic) = inner.topic.as_static() {
             match tokio::time::timeout(STARTUP_LOOKUP, inner.topics.lookup(topic)).await {
@@ -136,9 +155,12 @@ impl KafkaSink {
             }
         }
         tracing::info!(brokers = %cfg.brokers, topic = %inner.topic, "kafka sink ready");
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        let tasks = vec![
+            tokio::spawn(resender(inner.clone())).abort_handle(),
+            tokio::spawn(stall_watch(inner.clone())).abort_handle(),
+        ];
+        Ok(Self { inner, tasks })
     }
 }
 
@@ -176,10 +198,10 @@ impl Sink for KafkaSink {
                 };
                 pending.push(inner.produce(&tombstone).await?);
             }
-            let inner = self.inner.clone();
             let ack: Ack = Box::pin(async move {
                 for rx in pending {
-                    inner.settle(rx).await?;
+                    // A dropped ack: the producer is gone (shutdown), so unacknowledged.
+                    rx.await.map_err(|_| SinkError::Closed)??;
                 }
                 Ok(())
             });
@@ -192,8 +214,8 @@ impl Sink for KafkaSink {
     }
 
     fn health(&self) -> SinkHealth {
-        match &self.inner.producer.context().health.lock().unwrap().down {
-            Some(reason) => SinkHealth::Down(reason.clone()),
+        match self.inner.context().health.lock().unwrap().reasons() {
+            Some(reasons) => SinkHealth::Down(reasons),
             None => SinkHealth::Up,
         }
     }
@@ -363,33 +385,46 @@ impl Inner {
         Ok(oversize_replacement(out, size, limit))
     }
 
-    /// Produces `out`, waiting while the producer queue is full.
-    async fn produce(&self, out: &Out) -> Result<oneshot::Receiver<Delivered>, SinkError> {
+    /// Produces a new record, waiting while the producer queue is full or a recovery
+    /// episode holds new records back. The receiver resolves on delivery.
+    async fn produce(
+        &self,
+        out: &Out,
+    ) -> Result<oneshot::Receiver<Result<(), SinkError>>, SinkError> {
+        let (tx, rx) = oneshot::channel();
+        let mut done = tx;
         let mut delay = Duration::from_millis(100);
         loop {
-            let notified = self.context().room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (tx, rx) = oneshot::channel();
-            let mut record: BaseRecord<'_, str, [u8], _> =
-                BaseRecord::with_opaque_to(&out.topic, Box::new(tx)).key(out.key.as_str());
-            if let Some(p) = &out.payload {
-                record = record.payload(p.as_slice());
-            }
-            if let Some(h) = &out.headers {
-                record = record.headers(h.clone());
-            }
-            match self.producer.send(record) {
-                Ok(()) => return Ok(rx),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            let room = self.context().room.notified();
+            let gate = self.context().gate.notified();
+            tokio::pin!(room, gate);
+            room.as_mut().enable();
+            gate.as_mut().enable();
+            match self.attempt(out, None, done) {
+                Attempt::Sent => {
+                    if self.refusing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(topic = %out.topic, "kafka producer accepts messages again");
+                    }
+                    return Ok(rx);
+                }
+                Attempt::Gated(d) => {
+                    done = d;
+                    tokio::select! {
+                        _ = &mut gate => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Attempt::Full(d) => {
+                    done = d;
                     // Backpressure: wait for a delivery to make room (or poll again soon).
                     tokio::select! {
-                        _ = &mut notified => {}
+                        _ = &mut room => {}
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                 }
-                Err((e, _)) => {
-                    if !self.resending.swap(true, Ordering::Relaxed) {
+                Attempt::Refused(e, d) => {
+                    done = d;
+                    if !self.refusing.swap(true, Ordering::Relaxed) {
                         tracing::error!(topic = %out.topic, error = %e, "kafka producer refuses messages; retrying");
                     }
                     tokio::time::sleep(delay).await;
@@ -399,25 +434,47 @@ impl Inner {
         }
     }
 
-    /// Resolves when the record behind `rx` is delivered, producing it again (or its
-    /// oversize replacement) as long as deliveries fail.
-    async fn settle(&self, mut rx: oneshot::Receiver<Delivered>) -> Result<(), SinkError> {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let (error, failed) = match rx.await {
-                Ok(Ok(())) => {
-                    if self.resending.swap(false, Ordering::Relaxed) {
-                        tracing::info!("kafka deliveries succeed again");
-                    }
-                    return Ok(());
-                }
-                Ok(Err(failed)) => failed,
-                // The producer is gone (shutdown): unacknowledged, hence replayed.
-                Err(_) => return Err(SinkError::Closed),
-            };
-            let mut out = Out::from_failed(failed);
+    /// One `producer.send` under the ordering lock, so sequence numbers follow produce order.
+    /// `seq`: a re-sent record keeps its number and passes the gate; `None`: a new record.
+    fn attempt(&self, out: &Out, seq: Option<u64>, done: Done) -> Attempt {
+        let mut order = self.context().order.lock().unwrap();
+        if seq.is_none() && order.gate_closed() {
+            return Attempt::Gated(done);
+        }
+        let seq = seq.unwrap_or_else(|| order.next_seq());
+        let mut record: BaseRecord<'_, str, [u8], _> =
+            BaseRecord::with_opaque_to(&out.topic, Box::new(Token { seq, done }))
+                .key(out.key.as_str());
+        if let Some(p) = &out.payload {
+            record = record.payload(p.as_slice());
+        }
+        if let Some(h) = &out.headers {
+            record = record.headers(h.clone());
+        }
+        match self.producer.send(record) {
+            Ok(()) => {
+                order.produced(seq, &out.topic);
+                Attempt::Sent
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                Attempt::Full(r.delivery_opaque.done)
+            }
+            Err((e, r)) => Attempt::Refused(e, r.delivery_opaque.done),
+        }
+    }
+
+    /// One re-send round: the failed records in sequence order (oversize ones replaced).
+    /// Stops at the first record librdkafka refuses, giving it and the rest back.
+    async fn resend_round(&self, round: Vec<(u64, Failed)>, number: u32) -> Result<(), SinkError> {
+        let mut round = round.into_iter();
+        while let Some((seq, failed)) = round.next() {
+            let Failed {
+                mut out,
+                error,
+                done,
+            } = failed;
             let too_large = matches!(
-                error.rdkafka_error_code(),
+                error.as_ref().and_then(KafkaError::rdkafka_error_code),
                 Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
             );
             if too_large
@@ -425,18 +482,63 @@ impl Inner {
                 && out.header("ce_type").as_deref() != Some(OVERSIZE_TYPE)
             {
                 let size = out.size();
-                let limit = size.saturating_sub(1);
-                out = self.oversize(out, size, limit).await?;
-            } else {
-                if !self.resending.swap(true, Ordering::Relaxed) {
-                    tracing::error!(topic = %out.topic, id = ?out.header("ce_id"), error = %error, "kafka delivery failed; producing it again (per-key order is not guaranteed for re-sent events)");
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                out = self.oversize(out, size, size.saturating_sub(1)).await?;
             }
-            rx = self.produce(&out).await?;
+            let mut done = done;
+            loop {
+                let room = self.context().room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                match self.attempt(&out, Some(seq), done) {
+                    Attempt::Sent => break,
+                    Attempt::Full(d) => {
+                        done = d;
+                        tokio::select! {
+                            _ = &mut room => {}
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        }
+                    }
+                    Attempt::Refused(e, d) => {
+                        // The topic is usually still missing: said once per episode (the
+                        // stall watch names the topic), the rest at debug.
+                        if number == 1 {
+                            tracing::warn!(topic = %out.topic, error = %e, "kafka producer refuses a re-sent message; the round stops here and is tried again");
+                        } else {
+                            tracing::debug!(topic = %out.topic, error = %e, round = number, "kafka producer refuses a re-sent message");
+                        }
+                        let back = std::iter::once((
+                            seq,
+                            Failed {
+                                out,
+                                error,
+                                done: d,
+                            },
+                        ));
+                        self.context()
+                            .order
+                            .lock()
+                            .unwrap()
+                            .give_back(back.chain(round));
+                        return Ok(());
+                    }
+                    // Re-sent records pass the gate.
+                    Attempt::Gated(d) => done = d,
+                }
+            }
         }
+        Ok(())
     }
+}
+
+/// The outcome of one `producer.send`.
+enum Attempt {
+    Sent,
+    /// A recovery episode holds new records back.
+    Gated(Done),
+    /// The producer queue is full.
+    Full(Done),
+    /// librdkafka refuses the record (e.g. its topic is known not to exist).
+    Refused(KafkaError, Done),
 }
 
 /// A small event standing for `out`: the original's attributes (identity, version, trace),
@@ -471,31 +573,131 @@ fn oversize_replacement(out: Out, size: usize, limit: usize) -> Out {
     }
 }
 
-/// A delivery report: delivered, or the error and the message back.
-type Delivered = Result<(), (KafkaError, OwnedMessage)>;
-
-/// Health as librdkafka reports it.
-#[derive(Default)]
-struct HealthState {
-    down: Option<String>,
+/// The re-sender: one task, so failed records go out again one round at a time, in order.
+async fn resender(inner: Arc<Inner>) {
+    let ctx = inner.context();
+    loop {
+        let wake = ctx.resend.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let round = ctx.order.lock().unwrap().take_round();
+        let Some((round, number)) = round else {
+            wake.await;
+            continue;
+        };
+        // The first round goes at once (the failure is usually a deleted topic that is back
+        // or a broker that moved); later ones back off.
+        if number > 1 {
+            let backoff = Duration::from_millis(200) * 2u32.pow((number - 2).min(6));
+            tokio::time::sleep(backoff.min(Duration::from_secs(10))).await;
+        }
+        let count = round.len();
+        tracing::debug!(
+            round = number,
+            count,
+            "kafka: producing failed messages again, in order"
+        );
+        if let Err(e) = inner.resend_round(round, number).await {
+            tracing::error!(error = %e, "kafka re-send stopped");
+            return;
+        }
+        let next = ctx.order.lock().unwrap().round_produced();
+        ctx.after(next);
+    }
 }
 
-/// The producer's callbacks: delivery reports to the waiting acks, broker health, logs.
+/// Turns "events wait for a topic and nothing is delivered" into a clear error when the
+/// topic turns out to be missing; recreates it when `createTopics` allows.
+async fn stall_watch(inner: Arc<Inner>) {
+    let ctx = inner.context();
+    loop {
+        tokio::time::sleep(STALL_CHECK).await;
+        let down: Vec<String> = ctx.health.lock().unwrap().topics.keys().cloned().collect();
+        for topic in down {
+            // No event waits for it any more and no episode holds any back: whether it is
+            // missing is the next event's question (the watch asks again if it stalls).
+            let order = ctx.order.lock().unwrap();
+            let idle = !order.busy(&topic) && !order.gate_closed();
+            drop(order);
+            if idle {
+                ctx.topic_up(&topic);
+            }
+        }
+        if ctx.health.lock().unwrap().client.is_some() {
+            continue; // brokers down: that is the reason, already reported
+        }
+        let stalled = ctx.order.lock().unwrap().stalled(STALL);
+        for (topic, waiting) in stalled {
+            match inner.topics.recheck(&topic).await {
+                Lookup::Missing => ctx.topic_down(
+                    &topic,
+                    format!(
+                        "kafka topic {topic} does not exist (deleted?): {waiting} events wait for it; create it again, or set sink.createTopics.enabled: true"
+                    ),
+                ),
+                Lookup::Exists(_) => {
+                    tracing::debug!(%topic, waiting, "kafka: no delivery for a while, but the topic exists")
+                }
+                Lookup::Unreachable(e) => {
+                    tracing::debug!(%topic, error = %e, "kafka: cannot look up a stalled topic")
+                }
+            }
+        }
+    }
+}
+
+/// Why the sink is down, by cause; `None` each when fine.
+#[derive(Default)]
+struct HealthState {
+    /// Brokers down, authentication failed, fatal producer error.
+    client: Option<String>,
+    /// A recovery episode: failed deliveries being produced again.
+    deliveries: Option<String>,
+    /// Topics found missing while events wait for them.
+    topics: BTreeMap<String, String>,
+}
+
+impl HealthState {
+    fn reasons(&self) -> Option<String> {
+        let all: Vec<&str> = self
+            .client
+            .iter()
+            .chain(self.deliveries.iter())
+            .chain(self.topics.values())
+            .map(String::as_str)
+            .collect();
+        (!all.is_empty()).then(|| all.join("; "))
+    }
+}
+
+/// The producer's callbacks: delivery reports to the ordering state and the waiting acks,
+/// broker health, logs.
 #[derive(Default)]
 struct Context {
     health: Mutex<HealthState>,
+    /// Fast path of `set_up`: whether `health.client` is set.
     is_down: AtomicBool,
+    /// Fast path of the delivery callback: whether `health.topics` is non-empty.
+    topics_down: AtomicBool,
+    order: Mutex<delivery::State>,
     /// Notified on every delivery report: room in the producer queue.
     room: Notify,
+    /// Notified when a recovery episode ends: new records may go.
+    gate: Notify,
+    /// Wakes the re-sender.
+    resend: Notify,
+}
+
+fn since_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 impl Context {
     fn set_down(&self, reason: String) {
         let mut h = self.health.lock().unwrap();
-        if h.down.is_none() {
+        if h.client.is_none() {
             tracing::error!(%reason, "kafka sink down: events wait in the producer queue (bounded), then the watch loops pause");
-            let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            h.down = Some(format!("{reason} (since {since})"));
+            h.client = Some(format!("{reason} (since {})", since_now()));
             self.is_down.store(true, Ordering::Release);
         }
     }
@@ -505,9 +707,55 @@ impl Context {
             return;
         }
         let mut h = self.health.lock().unwrap();
-        if let Some(was) = h.down.take() {
+        if let Some(was) = h.client.take() {
             tracing::info!(was = %was, "kafka sink up again: brokers reachable");
             self.is_down.store(false, Ordering::Release);
+        }
+    }
+
+    fn topic_down(&self, topic: &str, reason: String) {
+        let mut h = self.health.lock().unwrap();
+        if !h.topics.contains_key(topic) {
+            tracing::error!(%topic, "{reason}");
+            h.topics.insert(
+                topic.to_owned(),
+                format!("{reason} (since {})", since_now()),
+            );
+            self.topics_down.store(true, Ordering::Release);
+        }
+    }
+
+    fn topic_up(&self, topic: &str) {
+        if !self.topics_down.load(Ordering::Acquire) {
+            return;
+        }
+        let mut h = self.health.lock().unwrap();
+        if h.topics.remove(topic).is_some() {
+            tracing::info!(%topic, "kafka topic reachable again: deliveries to it resume");
+        }
+        self.topics_down
+            .store(!h.topics.is_empty(), Ordering::Release);
+    }
+
+    /// Acts on what a change of the ordering state asks for.
+    fn after(&self, next: Next) {
+        match next {
+            Next::Nothing => {}
+            Next::Resend => self.resend.notify_one(),
+            Next::Open {
+                resent,
+                rounds,
+                secs,
+            } => {
+                tracing::info!(
+                    resent,
+                    rounds,
+                    secs = format!("{secs:.1}"),
+                    "kafka deliveries succeed again: the failed messages were produced again in order; new events flow"
+                );
+                self.health.lock().unwrap().deliveries = None;
+                self.gate.notify_waiters();
+            }
         }
     }
 }
@@ -550,17 +798,37 @@ impl ClientContext for Context {
 }
 
 impl ProducerContext for Context {
-    type DeliveryOpaque = Box<oneshot::Sender<Delivered>>;
+    type DeliveryOpaque = Box<Token>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tx: Self::DeliveryOpaque) {
-        let outcome = match result {
-            Ok(_) => {
-                self.set_up();
-                Ok(())
-            }
-            Err((e, m)) => Err((e.clone(), m.detach())),
+    fn delivery(&self, result: &DeliveryResult<'_>, token: Self::DeliveryOpaque) {
+        let (message, error) = match result {
+            Ok(m) => (m, None),
+            Err((e, m)) => (m, Some(e)),
         };
-        let _ = tx.send(outcome);
+        let topic = message.topic();
+        let (done, started, next) = self.order.lock().unwrap().report(
+            *token,
+            topic,
+            message.key().unwrap_or_default(),
+            error,
+            || Out::from_failed(message.detach()),
+        );
+        if error.is_none() {
+            self.set_up();
+            self.topic_up(topic);
+        }
+        if started {
+            let error = error.map(ToString::to_string).unwrap_or_default();
+            tracing::error!(%topic, %error, "kafka delivery failed: new events wait while the failed ones are produced again, in order");
+            self.health.lock().unwrap().deliveries = Some(format!(
+                "kafka deliveries failing ({error}, topic {topic}); re-sending in order (since {})",
+                since_now()
+            ));
+        }
+        if let Some(done) = done {
+            let _ = done.send(Ok(()));
+        }
+        self.after(next);
         self.room.notify_waiters();
     }
 }

@@ -85,6 +85,18 @@ impl Topics {
         result
     }
 
+    /// Asks the brokers again, past the cache: whether a topic that existed still does
+    /// (and creates it again when allowed).
+    pub async fn recheck(&self, topic: &str) -> Lookup {
+        self.known.lock().unwrap().remove(topic);
+        let result = self.lookup(topic).await;
+        if matches!(result, Lookup::Missing) {
+            // The caller reports it (with how many events wait); `ensure` need not again.
+            self.reported.lock().unwrap().insert(topic.to_owned());
+        }
+        result
+    }
+
     /// Waits until `topic` exists, retrying; logs a missing topic once.
     pub async fn ensure(&self, topic: &str) -> Arc<TopicInfo> {
         loop {
