@@ -140,6 +140,98 @@ async fn regression_relist_after_kill9_uses_a_stale_index_losing_deletes_and_reo
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+/// Bug (found by the `compaction` scenario after the write-ahead fix): an object created
+/// *and then modified* after the last checkpoint commit is downstream as `added@v1`,
+/// `modified@v2`. After a kill -9 and a compaction, the relist found it in the list at `v2` but
+/// not in the (committed) index and published `added@v2`: a second event at the same version
+/// with another id and type, which consumers read as a version going backwards (and a
+/// compacted topic as the object re-created). The relist must repeat exactly what may be
+/// downstream: `modified@v2`, the same id.
+#[tokio::test]
+async fn regression_relist_after_kill9_repeats_an_in_doubt_modified_as_added() {
+    let (client, dir, ns) = setup("kw-in-doubt-type").await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let pp = PostParams::default();
+    api.create(&pp, &configmap("committed", &[], "1"))
+        .await
+        .unwrap();
+    let mut kw = Kubewire::start(
+        dir.path(),
+        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
+    );
+    kw.wait_events(60, "the initial snapshot", |ev| {
+        !object_events(ev, &ns, "committed").is_empty()
+    })
+    .await;
+    assert!(kw.stop().await.success());
+
+    // nothing is committed from here on
+    set_commit_interval(&kw, 600_000);
+    kw.restart();
+    kw.wait_log(30, 2, "resuming from checkpoint", 1).await;
+    api.create(&pp, &configmap("created-then-modified", &[], "1"))
+        .await
+        .unwrap();
+    let modified = api
+        .patch(
+            "created-then-modified",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"value": "2"}})),
+        )
+        .await
+        .unwrap();
+    let rv2 = modified.metadata.resource_version.clone().unwrap();
+    kw.wait_events(60, "the creation and the modification published", |ev| {
+        object_events(ev, &ns, "created-then-modified")
+            .iter()
+            .any(|e| e["k8sresourceversion"] == rv2.as_str())
+    })
+    .await;
+    kw.kill9();
+    common::testenv(&["compact"]); // the resume point is gone: the restart must relist
+    kw.restart();
+    kw.wait_log(60, 3, "relisted", 1).await;
+    let events = kw
+        .wait_events(30, "the relist marker and its events", |ev| {
+            let Some(pos) = ev
+                .iter()
+                .rposition(|e| e["type"] == "io.kubewire.stream.relisted")
+            else {
+                return false;
+            };
+            let m = &ev[pos]["data"];
+            let announced = m["added"].as_u64().unwrap()
+                + m["modified"].as_u64().unwrap()
+                + m["deleted"].as_u64().unwrap();
+            ev.len() - pos > announced as usize
+        })
+        .await;
+    let seen: Vec<(String, &str, Value)> = object_events(&events, &ns, "created-then-modified")
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_owned(),
+                change(e),
+                e["kubewireorigin"].clone(),
+            )
+        })
+        .collect();
+    let at_rv2: Vec<&(String, &str, Value)> = seen
+        .iter()
+        .filter(|(id, ..)| id.contains(&format!("/{rv2}/")))
+        .collect();
+    assert!(
+        at_rv2.len() >= 2 && at_rv2.iter().any(|(.., o)| o == "relist"),
+        "the relist repeats the in-doubt version: {seen:?}"
+    );
+    assert!(
+        at_rv2
+            .iter()
+            .all(|(id, c, _)| *c == "modified" && *id == at_rv2[0].0),
+        "every event at {rv2} is the same modified event (same id): {seen:?}"
+    );
+}
+
 /// Bug (found by the bad-input CRD test): a resource named without a version
 /// (`widgets.<group>`) is resolved to the group's preferred version at start-up, and the
 /// version is part of the stream's identity. When a CRD gains a new preferred (storage)

@@ -55,6 +55,7 @@ fn index_entry(c: &crate::event::Change) -> IndexEntry {
         namespace: c.object.namespace.clone(),
         name: c.object.name.clone(),
         resource_version: c.object.resource_version.clone(),
+        sent_as: None,
     }
 }
 
@@ -166,7 +167,13 @@ impl Publisher {
                 } => match event.as_ref() {
                     // Deletes too: a relist after a crash must repeat a Deleted that may be
                     // downstream at its own version, not at the older indexed one.
-                    Event::Object(c) => Some((c.object.uid.clone(), index_entry(c))),
+                    Event::Object(c) => Some((
+                        c.object.uid.clone(),
+                        IndexEntry {
+                            sent_as: Some(c.change),
+                            ..index_entry(c)
+                        },
+                    )),
                     _ => None,
                 },
                 _ => None,

@@ -93,6 +93,11 @@ pub struct IndexEntry {
     pub namespace: Option<String>,
     pub name: String,
     pub resource_version: String,
+    /// Only in the write-ahead of sent versions: the type of the event sent at this version,
+    /// so that a relist after a crash repeats exactly that event (same id). `None` in the
+    /// index, and in rows written before the type was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_as: Option<crate::event::ChangeType>,
 }
 
 /// A stream's stored state. Empty (no version, no index) for a stream never committed.

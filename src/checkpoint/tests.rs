@@ -7,6 +7,7 @@ fn entry(name: &str, rv: &str) -> IndexEntry {
         namespace: Some("demo".into()),
         name: name.into(),
         resource_version: rv.into(),
+        sent_as: None,
     }
 }
 
@@ -281,7 +282,13 @@ fn sent_versions_stay_in_doubt_until_the_index_catches_up() {
             S1,
             &[
                 ("u1".into(), entry("a", "5")),
-                ("u2".into(), entry("b", "6")),
+                (
+                    "u2".into(),
+                    IndexEntry {
+                        sent_as: Some(crate::event::ChangeType::Modified),
+                        ..entry("b", "6")
+                    },
+                ),
             ],
         )
         .unwrap();
@@ -304,7 +311,12 @@ fn sent_versions_stay_in_doubt_until_the_index_catches_up() {
     // A crash here: reopening shows what is still in doubt.
     let cp = Store::open(&path).unwrap().load(S1).unwrap();
     assert_eq!(cp.in_doubt.len(), 1, "{:?}", cp.in_doubt);
-    assert_eq!(cp.in_doubt["u2"], entry("b", "6"));
+    // with the type of the event sent, for the relist to repeat it exactly
+    assert_eq!(cp.in_doubt["u2"].resource_version, "6");
+    assert_eq!(
+        cp.in_doubt["u2"].sent_as,
+        Some(crate::event::ChangeType::Modified)
+    );
     assert_eq!(cp.index["u2"], entry("b", "4"));
     assert!(
         Store::open(&path)

@@ -390,13 +390,24 @@ impl WatchLoop {
                     source,
                 })?;
                 seen.insert(r.uid.clone());
-                let change = match self.index.get(&r.uid) {
-                    None => ChangeType::Added,
-                    Some(e) if e.resource_version != r.resource_version => ChangeType::Modified,
-                    Some(_) => {
+                let indexed = self.index.get(&r.uid);
+                let sent = self.in_doubt.get(&r.uid);
+                let change = match (indexed, sent) {
+                    (Some(e), _) if e.resource_version == r.resource_version => {
                         unchanged += 1;
                         continue;
                     }
+                    // Handed to the sink before a crash, maybe downstream, maybe not: repeat
+                    // exactly that event (same id), a duplicate at worst. A new id at the same
+                    // version (`added` after a `modified`) would read as a version regression
+                    // (regression: the compaction scenario).
+                    (_, Some(s)) if s.resource_version == r.resource_version => match s.sent_as {
+                        Some(c @ (ChangeType::Added | ChangeType::Modified)) => c,
+                        _ if indexed.is_some() => ChangeType::Modified,
+                        _ => ChangeType::Added,
+                    },
+                    (None, None) => ChangeType::Added,
+                    _ => ChangeType::Modified,
                 };
                 match change {
                     ChangeType::Added => added += 1,
@@ -536,6 +547,7 @@ impl WatchLoop {
                         namespace: object.namespace.clone(),
                         name: object.name.clone(),
                         resource_version: object.resource_version.clone(),
+                        sent_as: None,
                     },
                 );
             }

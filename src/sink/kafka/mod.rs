@@ -409,18 +409,12 @@ impl Inner {
                 }
                 Attempt::Gated(d) => {
                     done = d;
-                    tokio::select! {
-                        _ = &mut gate => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(1), &mut gate).await;
                 }
                 Attempt::Full(d) => {
                     done = d;
                     // Backpressure: wait for a delivery to make room (or poll again soon).
-                    tokio::select! {
-                        _ = &mut room => {}
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
+                    let _ = tokio::time::timeout(Duration::from_millis(100), &mut room).await;
                 }
                 Attempt::Refused(e, d) => {
                     done = d;
@@ -481,6 +475,9 @@ impl Inner {
                 && out.payload.is_some()
                 && out.header("ce_type").as_deref() != Some(OVERSIZE_TYPE)
             {
+                // The broker's limit was below what the size check saw. With `onOversize:
+                // fail` this waits for ever, holding every stream (not only this one) behind
+                // the gate: order first; the log names the event.
                 let size = out.size();
                 out = self.oversize(out, size, size.saturating_sub(1)).await?;
             }
@@ -493,10 +490,7 @@ impl Inner {
                     Attempt::Sent => break,
                     Attempt::Full(d) => {
                         done = d;
-                        tokio::select! {
-                            _ = &mut room => {}
-                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        }
+                        let _ = tokio::time::timeout(Duration::from_millis(100), &mut room).await;
                     }
                     Attempt::Refused(e, d) => {
                         // The topic is usually still missing: said once per episode (the
