@@ -70,6 +70,11 @@ fn scenario(name: &str) -> String {
 }
 
 /// Reads one `key=value` figure of a verdict line.
+/// A figure that is a number above zero (not `0`, not `none`).
+fn positive(figure: &str) -> bool {
+    figure.parse::<f64>().is_ok_and(|n| n > 0.0)
+}
+
 fn figure<'a>(verdict: &'a str, key: &str) -> &'a str {
     verdict
         .split_whitespace()
@@ -124,6 +129,8 @@ fn stalled_apiserver_watch_is_restarted_and_loses_nothing() {
 fn deleted_nats_stream_is_reported_and_recovered_when_recreated() {
     let v = scenario("nats-stream-deleted");
     assert_eq!(figure(&v, "error_logged"), "True", "{v}");
+    // kubewire's own count of publishes retried while the stream was gone
+    assert!(positive(figure(&v, "sink_retries")), "{v}");
 }
 
 // Regression (docs/reliability.md, bug 2): messages librdkafka fails for the missing topic
@@ -135,6 +142,8 @@ fn deleted_kafka_topic_is_reported_and_recovered_when_recreated() {
     assert_eq!(figure(&v, "error_logged"), "True", "{v}");
     assert_eq!(figure(&v, "readyz"), "503", "{v}");
     assert_eq!(figure(&v, "misordered"), "0", "{v}");
+    // the messages librdkafka gave up on were produced again, and counted
+    assert!(positive(figure(&v, "sink_retries")), "{v}");
 }
 
 #[test]

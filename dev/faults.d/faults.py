@@ -188,6 +188,19 @@ class Kubewire:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
+    def metric(self, name):
+        """The summed value of metric `name` (all label sets) from /metrics, or None."""
+        import urllib.request
+        addr = next((r.get("address") or r.get("fields", {}).get("address")
+                     for r in self.logs(self.runs) if "admin server listening" in msg_of(r)), None)
+        if not addr:
+            return None
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith(name + "{") or line.startswith(name + " ")]
+        return sum(values) if values else None
+
     def first_log(self, needle):
         """The first record whose message or fields contain `needle`, or None."""
         return next((r for r in self.logs() if needle in json.dumps(r, ensure_ascii=False)),
@@ -592,6 +605,7 @@ def fault_nats_stream_deleted(run: Run, o):
     asyncio.run(nats_stream_op("add", run.stream, config))
     run.figures["deleted_s"] = round(time.monotonic() - t0, 1)
     run.recovery()
+    record_retries(run)
 
 
 def fault_kafka_topic_deleted(run: Run, o):
@@ -616,6 +630,7 @@ def fault_kafka_topic_deleted(run: Run, o):
             time.sleep(1)
     run.figures["deleted_s"] = round(time.monotonic() - t0, 1)
     run.recovery()
+    record_retries(run)
 
 
 def await_error(run: Run, limit, t0, needle, culprit):
@@ -635,6 +650,18 @@ def await_error(run: Run, limit, t0, needle, culprit):
         run.problems.append(f"/readyz during the fault: {status} {body[:200]!r}, "
                             f"expected 503 naming {culprit}")
     return True
+
+
+def record_retries(run: Run):
+    """`sink_retries`: kubewire's own count of deliveries it tried again (its metric is
+    refreshed every second, so a zero is looked at again for a few seconds)."""
+    end = time.monotonic() + 5
+    while True:
+        n = run.kw.metric("kubewire_sink_retries_total")
+        if (n or 0) > 0 or time.monotonic() > end:
+            break
+        time.sleep(0.5)
+    run.figures["sink_retries"] = int(n) if n is not None else "none"
 
 
 def prepare_scram(run: Run, o):

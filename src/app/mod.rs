@@ -100,19 +100,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     Ok(())
 }
 
-/// Mirrors the sink's reachability into `kubewire_sink_up`.
+/// Mirrors the sink's reachability into `kubewire_sink_up`, and its recovery totals into
+/// `kubewire_sink_retries_total` / `kubewire_sink_duplicates_total`.
 async fn watch_sink_health(
     sink: Arc<dyn Sink>,
     telemetry: Arc<Telemetry>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut seen = sink::SinkCounters::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 let up = sink.health() == sink::SinkHealth::Up;
                 telemetry.metrics.sink_up(sink.name(), up);
+                let now = sink.counters();
+                telemetry.metrics.sink_counted(
+                    sink.name(),
+                    now.retries.saturating_sub(seen.retries),
+                    now.duplicates.saturating_sub(seen.duplicates),
+                );
+                seen = now;
             }
         }
     }

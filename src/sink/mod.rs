@@ -55,6 +55,22 @@ pub trait Sink: Send + Sync {
     fn health(&self) -> SinkHealth {
         SinkHealth::Up
     }
+
+    /// Running totals of the sink's own recovery work, for metrics.
+    fn counters(&self) -> SinkCounters {
+        SinkCounters::default()
+    }
+}
+
+/// Totals since start; each only grows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkCounters {
+    /// Deliveries tried again after a failure (Kafka: records produced again after
+    /// librdkafka gave up on them; NATS: publishes retried with the same id).
+    pub retries: u64,
+    /// Events the destination recognised as already stored and dropped (NATS:
+    /// PubAcks with `duplicate: true`).
+    pub duplicates: u64,
 }
 
 /// Reachability of a sink's destination.

@@ -114,6 +114,8 @@ pub struct Metrics {
     sink_errors: Family<SinkErrorLabels, Counter>,
     sink_latency: Family<SinkLabels, Histogram>,
     sink_up: Family<SinkLabels, Gauge>,
+    sink_retries: Family<SinkLabels, Counter>,
+    sink_duplicates: Family<SinkLabels, Counter>,
     watch_starts: Family<CauseLabels, Counter>,
     relists: Family<StreamLabels, Counter>,
     reconciled: Family<ChangeLabels, Counter>,
@@ -142,6 +144,8 @@ impl Default for Metrics {
             sink_errors: Family::default(),
             sink_latency: Family::new_with_constructor(latency_histogram),
             sink_up: Family::default(),
+            sink_retries: Family::default(),
+            sink_duplicates: Family::default(),
             watch_starts: Family::default(),
             relists: Family::default(),
             reconciled: Family::default(),
@@ -180,6 +184,16 @@ impl Default for Metrics {
             "sink_up",
             "1 while the sink reaches its destination",
             m.sink_up.clone(),
+        );
+        registry.register(
+            "sink_retries",
+            "Deliveries the sink tried again after a failure (Kafka: re-sent in order after librdkafka gave up; NATS: publishes retried with the same id)",
+            m.sink_retries.clone(),
+        );
+        registry.register(
+            "sink_duplicates",
+            "Events the destination recognised as already stored and dropped (NATS JetStream de-duplication)",
+            m.sink_duplicates.clone(),
         );
         registry.register("watch_starts", "Watch and list requests started, by cause (initial, resume, relist, timeout, idle, error)", m.watch_starts.clone());
         registry.register(
@@ -293,6 +307,16 @@ impl Metrics {
         self.sink_acks
             .get_or_create(&SinkLabels { sink: sink.into() })
             .inc_by(0);
+        self.sink_counted(sink, 0, 0);
+    }
+
+    /// Adds what the sink's running totals grew by since the last call.
+    pub fn sink_counted(&self, sink: &str, retries: u64, duplicates: u64) {
+        let labels = SinkLabels { sink: sink.into() };
+        self.sink_retries.get_or_create(&labels).inc_by(retries);
+        self.sink_duplicates
+            .get_or_create(&labels)
+            .inc_by(duplicates);
     }
 
     pub fn sink_up(&self, sink: &str, up: bool) {

@@ -22,7 +22,7 @@ mod topics;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -39,7 +39,7 @@ use tokio::task::AbortHandle;
 
 use self::delivery::{Done, Failed, Next, Token};
 use self::topics::{Lookup, Topics};
-use super::{Ack, SendFuture, Sink, SinkError, SinkHealth};
+use super::{Ack, SendFuture, Sink, SinkCounters, SinkError, SinkHealth};
 use crate::config::{KafkaSinkConfig, OnOversize};
 use crate::envelope::template::{Placeholder, Template};
 use crate::envelope::{self, Encoded};
@@ -217,6 +217,13 @@ impl Sink for KafkaSink {
         match self.inner.context().health.lock().unwrap().reasons() {
             Some(reasons) => SinkHealth::Down(reasons),
             None => SinkHealth::Up,
+        }
+    }
+
+    fn counters(&self) -> SinkCounters {
+        SinkCounters {
+            retries: self.inner.context().resent.load(Ordering::Relaxed),
+            duplicates: 0,
         }
     }
 }
@@ -487,7 +494,10 @@ impl Inner {
                 tokio::pin!(room);
                 room.as_mut().enable();
                 match self.attempt(&out, Some(seq), done) {
-                    Attempt::Sent => break,
+                    Attempt::Sent => {
+                        self.context().resent.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
                     Attempt::Full(d) => {
                         done = d;
                         let _ = tokio::time::timeout(Duration::from_millis(100), &mut room).await;
@@ -680,6 +690,8 @@ struct Context {
     gate: Notify,
     /// Wakes the re-sender.
     resend: Notify,
+    /// Records produced again by the re-sender, in total.
+    resent: AtomicU64,
 }
 
 fn since_now() -> String {

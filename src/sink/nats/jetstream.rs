@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use super::subject::Template;
 use super::{Health, headers, too_large};
 use crate::envelope::Encoded;
-use crate::sink::{Ack, SendFuture, Sink, SinkError, SinkHealth};
+use crate::sink::{Ack, SendFuture, Sink, SinkCounters, SinkError, SinkHealth};
 
 /// Retry delay after the first failure; doubled per consecutive failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -62,6 +62,7 @@ pub(crate) struct JetStreamSink {
     jobs: mpsc::UnboundedSender<Job>,
     health: Arc<Health>,
     max_payload: usize,
+    stats: Arc<Stats>,
 }
 
 impl JetStreamSink {
@@ -74,6 +75,7 @@ impl JetStreamSink {
         max_payload: usize,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
         let pipeline = Pipeline {
             ctx,
             queues: HashMap::new(),
@@ -83,7 +85,7 @@ impl JetStreamSink {
             not_before: Instant::now(),
             health: health.clone(),
             connected,
-            stats: Arc::new(Stats::default()),
+            stats: stats.clone(),
         };
         tokio::spawn(pipeline.run(rx));
         Self {
@@ -92,6 +94,7 @@ impl JetStreamSink {
             jobs: tx,
             health,
             max_payload,
+            stats,
         }
     }
 }
@@ -129,6 +132,13 @@ impl Sink for JetStreamSink {
 
     fn health(&self) -> SinkHealth {
         self.health.get()
+    }
+
+    fn counters(&self) -> SinkCounters {
+        SinkCounters {
+            retries: self.stats.retries.load(Ordering::Relaxed),
+            duplicates: self.stats.duplicates.load(Ordering::Relaxed),
+        }
     }
 }
 
