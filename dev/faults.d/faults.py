@@ -174,12 +174,16 @@ class Kubewire:
                 pass
         return out
 
+    def admin_address(self):
+        """host:port of the current run's admin server (from its log), or None."""
+        return next((r.get("address") or r.get("fields", {}).get("address")
+                     for r in self.logs(self.runs) if "admin server listening" in msg_of(r)), None)
+
     def readyz(self):
         """(status, body) of the current run's /readyz (its address is in its log)."""
         import urllib.error
         import urllib.request
-        addr = next((r.get("address") or r.get("fields", {}).get("address")
-                     for r in self.logs(self.runs) if "admin server listening" in msg_of(r)), None)
+        addr = self.admin_address()
         if not addr:
             return None, "no admin address logged"
         try:
@@ -191,8 +195,7 @@ class Kubewire:
     def metric(self, name):
         """The summed value of metric `name` (all label sets) from /metrics, or None."""
         import urllib.request
-        addr = next((r.get("address") or r.get("fields", {}).get("address")
-                     for r in self.logs(self.runs) if "admin server listening" in msg_of(r)), None)
+        addr = self.admin_address()
         if not addr:
             return None
         with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as resp:
