@@ -364,7 +364,11 @@ impl WatchLoop {
         };
         let publish_snapshot = relist || self.spec.initial;
         let mut seen: HashSet<String> = HashSet::with_capacity(self.index.len());
-        let mut buffered: Vec<Item> = Vec::new();
+        // A relist's changes, applied to the index only once every page is in: a page that
+        // fails (an expired continue token, any error) must leave the index as it was, or the
+        // retry reads those objects as unchanged and their events are lost (regression:
+        // watch::tests::relist_failing_after_its_first_page_loses_no_change).
+        let mut buffered: Vec<(ChangeType, ObjectRef, Value, bool)> = Vec::new();
         let (mut added, mut modified, mut unchanged) = (0u64, 0u64, 0u64);
         let mut continue_token: Option<String> = None;
         let list_rv = loop {
@@ -422,10 +426,10 @@ impl WatchLoop {
                     map.insert("kind".into(), self.spec.id.resource.kind.clone().into());
                 }
                 let publish = publish_snapshot && self.spec.events.contains(&change);
-                let item = self.change_item(change, origin, r, obj, publish, None);
                 if relist {
-                    buffered.push(item);
+                    buffered.push((change, r, obj, publish));
                 } else {
+                    let item = self.change_item(change, origin, r, obj, publish, None);
                     self.send(item).await?;
                 }
             }
@@ -505,7 +509,11 @@ impl WatchLoop {
             tracing::info!(stream = %self.spec.id, resource_version = %list_rv, added, deleted, unchanged, "initial list done");
         }
         // Deletions first: a name recreated with a new uid must read Deleted, then Added.
-        for item in deletions.into_iter().chain(buffered) {
+        for item in deletions {
+            self.send(item).await?;
+        }
+        for (change, r, obj, publish) in buffered {
+            let item = self.change_item(change, origin, r, obj, publish, None);
             self.send(item).await?;
         }
         self.send(Item::Advance(list_rv.clone())).await?;
@@ -655,3 +663,6 @@ impl WatchLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
