@@ -30,6 +30,45 @@ fn rv(e: &Value) -> u64 {
     e["k8sresourceversion"].as_str().unwrap().parse().unwrap()
 }
 
+/// Starts kubewire on `ns`'s ConfigMaps, waits for `object` in the snapshot, stops it cleanly
+/// (the checkpoint is committed), and restarts it with commits pushed out of the test's
+/// reach: whatever it publishes from now on is downstream but not in the committed index.
+async fn committed_then_frozen(dir: &std::path::Path, ns: &str, object: &str) -> Kubewire {
+    let mut kw = Kubewire::start(
+        dir,
+        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
+    );
+    kw.wait_events(60, "the initial snapshot", |ev| {
+        !object_events(ev, ns, object).is_empty()
+    })
+    .await;
+    assert!(kw.stop().await.success());
+    set_commit_interval(&kw, 600_000);
+    kw.restart();
+    kw.wait_log(30, 2, "resuming from checkpoint", 1).await;
+    kw
+}
+
+/// After a restart that must relist (run 3): every event, once the marker and as many events
+/// as it announces are out.
+async fn after_relist(kw: &Kubewire) -> Vec<Value> {
+    kw.wait_log(60, 3, "relisted", 1).await;
+    kw.wait_events(30, "the relist marker and its events", |ev| {
+        let Some(pos) = ev
+            .iter()
+            .rposition(|e| e["type"] == "io.kubewire.stream.relisted")
+        else {
+            return false;
+        };
+        let m = &ev[pos]["data"];
+        let announced = m["added"].as_u64().unwrap()
+            + m["modified"].as_u64().unwrap()
+            + m["deleted"].as_u64().unwrap();
+        ev.len() - pos > announced as usize
+    })
+    .await
+}
+
 /// Bug (found by the `compaction` scenario): after a crash, the checkpoint's uid index only
 /// knows the versions that were acknowledged *and committed*; events published after the last
 /// commit are downstream but not in the index. When the restart then has to relist (410 Gone,
@@ -47,21 +86,8 @@ async fn regression_relist_after_kill9_uses_a_stale_index_losing_deletes_and_reo
     api.create(&pp, &configmap("modified-then-deleted", &[], "1"))
         .await
         .unwrap();
-    let mut kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-    );
-    kw.wait_events(60, "the initial snapshot", |ev| {
-        !object_events(ev, &ns, "modified-then-deleted").is_empty()
-    })
-    .await;
-    // a clean stop commits the checkpoint: index = {modified-then-deleted @ rv1}
-    assert!(kw.stop().await.success());
-
-    // from now on nothing is committed (the first commit tick finds nothing to commit)
-    set_commit_interval(&kw, 600_000);
-    kw.restart();
-    kw.wait_log(30, 2, "resuming from checkpoint", 1).await;
+    // index = {modified-then-deleted @ rv1}, and nothing committed from here on
+    let mut kw = committed_then_frozen(dir.path(), &ns, "modified-then-deleted").await;
     let modified = api
         .patch(
             "modified-then-deleted",
@@ -92,22 +118,7 @@ async fn regression_relist_after_kill9_uses_a_stale_index_losing_deletes_and_reo
         .unwrap();
     common::testenv(&["compact"]); // the resume point is gone: the restart must relist
     kw.restart();
-    kw.wait_log(60, 3, "relisted", 1).await;
-    let events = kw
-        .wait_events(30, "the relist marker and its events", |ev| {
-            let Some(pos) = ev
-                .iter()
-                .rposition(|e| e["type"] == "io.kubewire.stream.relisted")
-            else {
-                return false;
-            };
-            let m = &ev[pos]["data"];
-            let announced = m["added"].as_u64().unwrap()
-                + m["modified"].as_u64().unwrap()
-                + m["deleted"].as_u64().unwrap();
-            ev.len() - pos > announced as usize
-        })
-        .await;
+    let events = after_relist(&kw).await;
 
     let mut problems = Vec::new();
     let created_events = object_events(&events, &ns, "created-then-deleted");
@@ -155,20 +166,7 @@ async fn regression_relist_after_kill9_repeats_an_in_doubt_modified_as_added() {
     api.create(&pp, &configmap("committed", &[], "1"))
         .await
         .unwrap();
-    let mut kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-    );
-    kw.wait_events(60, "the initial snapshot", |ev| {
-        !object_events(ev, &ns, "committed").is_empty()
-    })
-    .await;
-    assert!(kw.stop().await.success());
-
-    // nothing is committed from here on
-    set_commit_interval(&kw, 600_000);
-    kw.restart();
-    kw.wait_log(30, 2, "resuming from checkpoint", 1).await;
+    let mut kw = committed_then_frozen(dir.path(), &ns, "committed").await;
     api.create(&pp, &configmap("created-then-modified", &[], "1"))
         .await
         .unwrap();
@@ -190,22 +188,7 @@ async fn regression_relist_after_kill9_repeats_an_in_doubt_modified_as_added() {
     kw.kill9();
     common::testenv(&["compact"]); // the resume point is gone: the restart must relist
     kw.restart();
-    kw.wait_log(60, 3, "relisted", 1).await;
-    let events = kw
-        .wait_events(30, "the relist marker and its events", |ev| {
-            let Some(pos) = ev
-                .iter()
-                .rposition(|e| e["type"] == "io.kubewire.stream.relisted")
-            else {
-                return false;
-            };
-            let m = &ev[pos]["data"];
-            let announced = m["added"].as_u64().unwrap()
-                + m["modified"].as_u64().unwrap()
-                + m["deleted"].as_u64().unwrap();
-            ev.len() - pos > announced as usize
-        })
-        .await;
+    let events = after_relist(&kw).await;
     let seen: Vec<(String, &str, Value)> = object_events(&events, &ns, "created-then-modified")
         .iter()
         .map(|e| {
