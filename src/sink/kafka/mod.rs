@@ -402,18 +402,41 @@ impl Inner {
         let mut done = tx;
         let mut delay = Duration::from_millis(100);
         loop {
-            let room = self.context().room.notified();
-            let gate = self.context().gate.notified();
-            tokio::pin!(room, gate);
-            room.as_mut().enable();
-            gate.as_mut().enable();
-            match self.attempt(out, None, done) {
-                Attempt::Sent => {
+            match self.send_waiting(out, None, done).await {
+                Ok(()) => {
                     if self.refusing.swap(false, Ordering::Relaxed) {
                         tracing::info!(topic = %out.topic, "kafka producer accepts messages again");
                     }
                     return Ok(rx);
                 }
+                Err((e, d)) => {
+                    done = d;
+                    if !self.refusing.swap(true, Ordering::Relaxed) {
+                        tracing::error!(topic = %out.topic, error = %e, "kafka producer refuses messages; retrying");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// [`Self::attempt`] until librdkafka takes or refuses the record: waits while the
+    /// producer queue is full, and (a new record) while an episode holds new records back.
+    async fn send_waiting(
+        &self,
+        out: &Out,
+        seq: Option<u64>,
+        mut done: Done,
+    ) -> Result<(), (KafkaError, Done)> {
+        loop {
+            let room = self.context().room.notified();
+            let gate = self.context().gate.notified();
+            tokio::pin!(room, gate);
+            room.as_mut().enable();
+            gate.as_mut().enable();
+            match self.attempt(out, seq, done) {
+                Attempt::Sent => return Ok(()),
                 Attempt::Gated(d) => {
                     done = d;
                     let _ = tokio::time::timeout(Duration::from_secs(1), &mut gate).await;
@@ -423,14 +446,7 @@ impl Inner {
                     // Backpressure: wait for a delivery to make room (or poll again soon).
                     let _ = tokio::time::timeout(Duration::from_millis(100), &mut room).await;
                 }
-                Attempt::Refused(e, d) => {
-                    done = d;
-                    if !self.refusing.swap(true, Ordering::Relaxed) {
-                        tracing::error!(topic = %out.topic, error = %e, "kafka producer refuses messages; retrying");
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
+                Attempt::Refused(e, d) => return Err((e, d)),
             }
         }
     }
@@ -488,47 +504,23 @@ impl Inner {
                 let size = out.size();
                 out = self.oversize(out, size, size.saturating_sub(1)).await?;
             }
-            let mut done = done;
-            loop {
-                let room = self.context().room.notified();
-                tokio::pin!(room);
-                room.as_mut().enable();
-                match self.attempt(&out, Some(seq), done) {
-                    Attempt::Sent => {
-                        self.context().resent.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    Attempt::Full(d) => {
-                        done = d;
-                        let _ = tokio::time::timeout(Duration::from_millis(100), &mut room).await;
-                    }
-                    Attempt::Refused(e, d) => {
-                        // The topic is usually still missing: said once per episode (the
-                        // stall watch names the topic), the rest at debug.
-                        if number == 1 {
-                            tracing::warn!(topic = %out.topic, error = %e, "kafka producer refuses a re-sent message; the round stops here and is tried again");
-                        } else {
-                            tracing::debug!(topic = %out.topic, error = %e, round = number, "kafka producer refuses a re-sent message");
-                        }
-                        let back = std::iter::once((
-                            seq,
-                            Failed {
-                                out,
-                                error,
-                                done: d,
-                            },
-                        ));
-                        self.context()
-                            .order
-                            .lock()
-                            .unwrap()
-                            .give_back(back.chain(round));
-                        return Ok(());
-                    }
-                    // Re-sent records pass the gate.
-                    Attempt::Gated(d) => done = d,
+            if let Err((e, done)) = self.send_waiting(&out, Some(seq), done).await {
+                // The topic is usually still missing: said once per episode (the stall watch
+                // names the topic), the rest at debug.
+                if number == 1 {
+                    tracing::warn!(topic = %out.topic, error = %e, "kafka producer refuses a re-sent message; the round stops here and is tried again");
+                } else {
+                    tracing::debug!(topic = %out.topic, error = %e, round = number, "kafka producer refuses a re-sent message");
                 }
+                let back = std::iter::once((seq, Failed { out, error, done }));
+                self.context()
+                    .order
+                    .lock()
+                    .unwrap()
+                    .give_back(back.chain(round));
+                return Ok(());
             }
+            self.context().resent.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
