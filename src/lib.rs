@@ -5,17 +5,22 @@
 //! The modules follow the data flow of `DESIGN.md`, one stage each:
 //!
 //! ```text
-//! cluster ─► watch ─► event ─► transform ─► envelope ─► sink ─► checkpoint
+//! cluster ─► watch ─► event ─► transform ─► envelope ─► sink ─► ack ─► checkpoint
+//!                              └──────────── publish ────────────────┘
 //! ```
 //!
 //! - [`config`]: the configuration file, environment overrides and validation.
 //! - [`cluster`]: kube clients per cluster and resource discovery.
-//! - [`watch`]: the List-Watch state machine (resume, paginated list, 410, relist diff).
+//! - [`watch`]: the List-Watch state machine (resume, paginated list, bookmarks, 410,
+//!   idle restarts); the relist diff it applies is [`checkpoint::reconcile`].
 //! - [`event`]: the change types, keys and deterministic ids.
 //! - [`transform`]: managedFields / last-applied stripping, Secret redaction.
 //! - [`envelope`]: CloudEvents encoding (pure).
-//! - [`sink`]: the sink contract and its stdout/file implementations.
-//! - [`checkpoint`]: the in-order ack watermark and the embedded store.
+//! - [`publish`]: per stream, prepare (transform + encode) → send → acknowledgements in
+//!   order → checkpoint progress, with the write-ahead of sent versions.
+//! - [`sink`]: the sink contract, the delivery outcomes, stdout/file, Kafka, NATS.
+//! - [`checkpoint`]: the index, the pure relist reconcile, checkpoint progress, and the
+//!   state store (embedded redb).
 //! - [`telemetry`]: metrics, health, the admin server.
 //! - [`app`]: wires the stages, shutdown and drain.
 #![forbid(unsafe_code)]
@@ -26,6 +31,7 @@ pub mod cluster;
 pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod publish;
 pub mod sink;
 pub mod telemetry;
 pub mod transform;

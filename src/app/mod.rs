@@ -2,8 +2,6 @@
 //! watch loop and a publisher joined by a bounded channel; and the shutdown: stop watching,
 //! drain in-flight events within a grace period, commit the checkpoints.
 
-mod publish;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,16 +10,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::checkpoint::{self, CheckpointError, Store};
+use crate::checkpoint::{self, CheckpointError, StateStore, Store};
 use crate::cluster::{self, Catalog, ClusterError, leader};
 use crate::config::{ClusterConfig, Config, ResourceConfig, ResourceRef};
 use crate::event::{ResourceInfo, StreamId};
+use crate::publish::Publisher;
 use crate::sink::{self, Sink, SinkError};
-use crate::telemetry::{self, Telemetry, TelemetryError};
+use crate::telemetry::{self, HealthKey, Telemetry, TelemetryError};
 use crate::transform::{TransformError, Transformer};
 use crate::watch::{StreamSpec, WatchLoop};
-
-use publish::Publisher;
 
 /// How long a shutdown may spend draining in-flight events before it gives up (the
 /// checkpoint stays consistent either way: what was not acknowledged is replayed).
@@ -57,7 +54,7 @@ pub fn clusters(config: &Config) -> Vec<ClusterConfig> {
 
 /// Runs the daemon until `shutdown` is cancelled, then drains and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
-    let store = Arc::new(Store::open(&config.checkpoint.path)?);
+    let store: Arc<dyn StateStore> = Arc::new(Store::open(&config.checkpoint.path)?);
     // Stable across restarts: a replayed Secret event must carry the same markers.
     let key = checkpoint::load_or_create_key(&config.checkpoint.redaction_key_file())?;
     let sink: Arc<dyn Sink> = Arc::from(sink::build(&config.sink).await?);
@@ -94,7 +91,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     if elect {
         ctx.run_elected(shutdown).await?;
     } else {
-        ctx.run_term(shutdown, true).await;
+        // Never aborted: a stop always drains.
+        ctx.run_term(shutdown, CancellationToken::new()).await;
     }
     admin_stop.cancel();
     Ok(())
@@ -129,7 +127,7 @@ async fn watch_sink_health(
 
 struct Context {
     config: Arc<Config>,
-    store: Arc<Store>,
+    store: Arc<dyn StateStore>,
     sink: Arc<dyn Sink>,
     redaction_key: Vec<u8>,
     telemetry: Arc<Telemetry>,
@@ -146,13 +144,14 @@ struct Term {
 }
 
 impl Context {
-    /// Watches until `stop`, then stops the watches and lets the publishers finish: with
-    /// `drain`, everything already read is published (graceful shutdown); without, only what
-    /// the sink already holds is awaited (leadership lost: stop publishing promptly).
-    async fn run_term(self: &Arc<Self>, stop: CancellationToken, drain: bool) {
+    /// Watches until `stop`, then stops the watches and lets the publishers finish:
+    /// everything already read is published (graceful shutdown: drain), unless `abort` was
+    /// cancelled first, in which case only what the sink already holds is awaited
+    /// (leadership lost: stop publishing at once).
+    async fn run_term(self: &Arc<Self>, stop: CancellationToken, abort: CancellationToken) {
         let term = Term {
             watching: CancellationToken::new(),
-            abort: CancellationToken::new(),
+            abort,
             publishers: TaskTracker::new(),
         };
         let mut starters = Vec::new();
@@ -162,10 +161,10 @@ impl Context {
             ));
         }
         stop.cancelled().await;
-        if drain {
-            tracing::info!("stopping: draining in-flight events");
+        if term.abort.is_cancelled() {
+            tracing::info!("stopping: publishing nothing more");
         } else {
-            term.abort.cancel();
+            tracing::info!("stopping: draining in-flight events");
         }
         term.watching.cancel();
         for s in starters {
@@ -203,22 +202,22 @@ impl Context {
             }
             tracing::info!(identity = %elector.identity, lease = %elector.lease, "acquired leadership: starting streams");
             self.telemetry.health.set_standby(false);
-            let stop = CancellationToken::new();
+            let (stop, abort) = (CancellationToken::new(), CancellationToken::new());
             let term = {
                 let ctx = self.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    // Pick drain vs abort once we know why we stop: see below.
-                    ctx.run_term(stop, false).await
-                })
+                let (stop, abort) = (stop.clone(), abort.clone());
+                tokio::spawn(async move { ctx.run_term(stop, abort).await })
             };
             let lost = tokio::select! {
                 _ = shutdown.cancelled() => false,
                 _ = elector.until(false) => true,
             };
             if lost {
+                // Another replica may lead already: publish nothing more, at once.
                 tracing::warn!(identity = %elector.identity, "lost leadership: stopping streams");
+                abort.cancel();
             }
+            // A shutdown drains, commits, and only then releases the Lease (below).
             stop.cancel();
             let _ = term.await;
             self.telemetry.health.set_standby(true);
@@ -239,7 +238,7 @@ impl Context {
             .with_jitter()
             .without_max_times()
             .build();
-        let cluster_key = format!("cluster {}", cluster.name);
+        let cluster_key = HealthKey::Cluster(cluster.name.clone());
         let (client, catalog) = loop {
             let attempt = async {
                 let client = cluster::connect(&cluster).await?;
@@ -259,9 +258,7 @@ impl Context {
                     tracing::error!(cluster = %cluster.name, error = %e, "cluster unavailable; retrying");
                     self.telemetry
                         .health
-                        .update(&format!("cluster {}", cluster.name), |s| {
-                            s.error = Some(e.to_string())
-                        });
+                        .update(&cluster_key, |s| s.error = Some(e.to_string()));
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                     tokio::select! {
                         _ = term.watching.cancelled() => return,
@@ -276,8 +273,12 @@ impl Context {
                 Err(e) => {
                     // One bad resource does not stop the others; it shows in /readyz.
                     tracing::error!(cluster = %cluster.name, resource = %rc.resource, path = %format!("resources[{i}].resource"), error = %e, "resource not watched");
-                    let name = format!("{}/{} (resources[{i}])", cluster.name, rc.resource);
-                    self.telemetry.health.update(&name, |s| s.error = Some(e));
+                    let key = HealthKey::Resource {
+                        cluster: cluster.name.clone(),
+                        path: format!("resources[{i}]"),
+                        resource: rc.resource.clone(),
+                    };
+                    self.telemetry.health.update(&key, |s| s.error = Some(e));
                     continue;
                 }
             };
@@ -350,8 +351,13 @@ impl Context {
                 _ => None,
             },
             metrics,
+            telemetry: self.telemetry.clone(),
         };
-        term.publishers.spawn(publisher.run(rx, term.abort.clone()));
+        let abort = term.abort.clone();
+        term.publishers.spawn(async move {
+            // A halted stream has logged why and shows in /readyz and /healthz.
+            let _ = publisher.run(rx, abort).await;
+        });
         tokio::spawn(watch.run(term.watching.clone()));
         tracing::info!(stream = %id, "stream started");
         Ok(())

@@ -38,6 +38,30 @@ pub enum SinkError {
     Rejected { id: String, reason: String },
 }
 
+/// What became of one event handed to a sink: only a delivery, or a rejection for good of
+/// that one event, lets the checkpoint move past it.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Durably accepted downstream.
+    Delivered,
+    /// This one event can never be delivered (e.g. too large): passed over, named.
+    Rejected(SinkError),
+    /// Not delivered, and not known to be undeliverable (the acknowledgement was dropped,
+    /// the sink closed or failed): the checkpoint must not move past it.
+    Failed(SinkError),
+}
+
+impl Delivery {
+    /// Classifies an acknowledgement's (or a send's) result.
+    pub fn of(result: Result<(), SinkError>) -> Self {
+        match result {
+            Ok(()) => Delivery::Delivered,
+            Err(e @ SinkError::Rejected { .. }) => Delivery::Rejected(e),
+            Err(e) => Delivery::Failed(e),
+        }
+    }
+}
+
 /// Resolves when the sink has acknowledged one event.
 pub type Ack = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
 

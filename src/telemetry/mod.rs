@@ -469,50 +469,99 @@ impl StreamMetrics {
     }
 }
 
+/// What a health entry is about. Only streams have loops that can wedge: a cluster being
+/// connected or a resource waiting to resolve shows in `/readyz` and never fails `/healthz`
+/// (a restart would not help; regression: tests/operations.rs, an unresolved resource past
+/// `idleTimeoutSeconds + 60 s`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HealthKey {
+    /// A stream, by its display form.
+    Stream(String),
+    /// A cluster being connected to or discovered.
+    Cluster(String),
+    /// A configured resource that does not resolve on a cluster (yet).
+    Resource {
+        /// The cluster's name.
+        cluster: String,
+        /// The configuration path, e.g. `resources[2]`.
+        path: String,
+        /// The resource as configured.
+        resource: String,
+    },
+}
+
+impl std::fmt::Display for HealthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HealthKey::Stream(name) => write!(f, "stream {name}"),
+            HealthKey::Cluster(name) => write!(f, "cluster {name}"),
+            HealthKey::Resource {
+                cluster,
+                path,
+                resource,
+            } => write!(f, "resource {cluster}/{resource} ({path})"),
+        }
+    }
+}
+
 /// What /readyz and /healthz look at: every stream's state and the sink.
 #[derive(Default)]
 pub struct Health {
-    streams: Mutex<BTreeMap<String, StreamState>>,
+    entries: Mutex<BTreeMap<HealthKey, StreamState>>,
     sink: Mutex<Option<Arc<dyn Sink>>>,
     /// A replica waiting for leadership: ready (it is doing its job: standing by).
     standby: std::sync::atomic::AtomicBool,
 }
 
-/// One stream's state as far as health goes.
+/// One entry's state as far as health goes.
 #[derive(Clone, Debug, Default)]
 pub struct StreamState {
     /// The first list or resume completed.
     pub synced: bool,
-    /// Why the stream is failing right now, if it is.
+    /// Why it is failing (or waiting) right now, if it is.
     pub error: Option<String>,
     /// Unix seconds of the loop's last sign of life.
     pub heartbeat: f64,
+    /// Why the stream's progress stopped for good (a restart replays from the checkpoint).
+    pub halted: Option<String>,
 }
 
 impl Health {
+    /// The sink whose reachability `/readyz` reports.
     pub fn set_sink(&self, sink: Arc<dyn Sink>) {
         *self.sink.lock().expect("health lock") = Some(sink);
     }
 
-    /// Records a stream's state under `name` (its display form).
-    pub fn update(&self, name: &str, f: impl FnOnce(&mut StreamState)) {
-        let mut streams = self.streams.lock().expect("health lock");
-        let s = streams.entry(name.to_owned()).or_default();
+    /// Updates the entry `key` (a sign of life).
+    pub fn update(&self, key: &HealthKey, f: impl FnOnce(&mut StreamState)) {
+        let mut entries = self.entries.lock().expect("health lock");
+        let s = entries.entry(key.clone()).or_default();
         f(s);
         s.heartbeat = now_secs();
     }
 
+    /// Marks a stream halted: its progress stopped, and only a restart resumes it.
+    pub fn halt(&self, key: &HealthKey, why: String) {
+        let mut entries = self.entries.lock().expect("health lock");
+        entries.entry(key.clone()).or_default().halted = Some(why);
+    }
+
+    /// A replica waiting for leadership (ready, and reported as standing by).
     pub fn set_standby(&self, standby: bool) {
         self.standby.store(standby, Ordering::Relaxed);
     }
 
     /// Forgets every stream (their term ended).
     pub fn clear_streams(&self) {
-        self.streams.lock().expect("health lock").clear();
+        self.entries
+            .lock()
+            .expect("health lock")
+            .retain(|k, _| !matches!(k, HealthKey::Stream(_)));
     }
 
-    pub fn remove(&self, name: &str) {
-        self.streams.lock().expect("health lock").remove(name);
+    /// Forgets one entry.
+    pub fn remove(&self, key: &HealthKey) {
+        self.entries.lock().expect("health lock").remove(key);
     }
 
     /// `Ok(body)` when every stream is synced and not failing and the sink is up; else the
@@ -522,15 +571,25 @@ impl Health {
             return Ok("ready: standby (not the leader)\n".into());
         }
         let mut problems = Vec::new();
-        let streams = self.streams.lock().expect("health lock").clone();
-        if streams.is_empty() {
+        let entries = self.entries.lock().expect("health lock").clone();
+        let streams = entries
+            .keys()
+            .filter(|k| matches!(k, HealthKey::Stream(_)))
+            .count();
+        if streams == 0 {
             problems.push("no stream started yet".to_owned());
         }
-        for (name, s) in &streams {
-            match (&s.error, s.synced) {
-                (Some(e), _) => problems.push(format!("stream {name}: {e}")),
-                (None, false) => problems.push(format!("stream {name}: first sync not complete")),
-                (None, true) => {}
+        for (key, s) in &entries {
+            match (&s.halted, &s.error, s.synced, key) {
+                (Some(why), _, _, _) => problems.push(format!("{key}: halted: {why}")),
+                (None, Some(e), _, HealthKey::Resource { .. }) => {
+                    problems.push(format!("{key}: waiting: {e}"))
+                }
+                (None, Some(e), _, _) => problems.push(format!("{key}: {e}")),
+                (None, None, false, HealthKey::Stream(_)) => {
+                    problems.push(format!("{key}: first sync not complete"))
+                }
+                (None, None, _, _) => {}
             }
         }
         if let Some(sink) = self.sink.lock().expect("health lock").as_ref()
@@ -539,21 +598,25 @@ impl Health {
             problems.push(format!("sink {}: down: {why}", sink.name()));
         }
         if problems.is_empty() {
-            Ok(format!("ready: {} streams, sink up\n", streams.len()))
+            Ok(format!("ready: {streams} streams, sink up\n"))
         } else {
             Err(problems.join("\n") + "\n")
         }
     }
 
-    /// Streams whose loop showed no sign of life for longer than `limit`.
+    /// Streams whose loop showed no sign of life for longer than `limit`, or whose progress
+    /// halted: a restart would help them. Nothing else is ever wedged.
     pub fn wedged(&self, limit: Duration) -> Vec<String> {
         let now = now_secs();
-        self.streams
+        self.entries
             .lock()
             .expect("health lock")
             .iter()
-            .filter(|(_, s)| now - s.heartbeat > limit.as_secs_f64())
-            .map(|(n, _)| n.clone())
+            .filter(|(k, s)| {
+                matches!(k, HealthKey::Stream(_))
+                    && (s.halted.is_some() || now - s.heartbeat > limit.as_secs_f64())
+            })
+            .map(|(k, _)| k.to_string())
             .collect()
     }
 }
@@ -573,17 +636,52 @@ mod tests {
     fn readiness_names_the_stream_that_is_not_ready_and_why() {
         let h = Health::default();
         assert!(h.readiness().unwrap_err().contains("no stream started"));
-        h.update("default/configmaps", |s| s.synced = true);
-        h.update("default/secrets in x", |s| {
-            s.error = Some("403 Forbidden".into())
-        });
+        let ok = HealthKey::Stream("default/configmaps".into());
+        let forbidden = HealthKey::Stream("default/secrets in x".into());
+        h.update(&ok, |s| s.synced = true);
+        h.update(&forbidden, |s| s.error = Some("403 Forbidden".into()));
         let body = h.readiness().unwrap_err();
         assert_eq!(body, "stream default/secrets in x: 403 Forbidden\n");
-        h.update("default/secrets in x", |s| {
+        h.update(&forbidden, |s| {
             s.error = None;
             s.synced = true;
         });
         assert!(h.readiness().is_ok());
+    }
+
+    #[test]
+    fn a_waiting_resource_or_cluster_is_never_wedged_but_a_silent_or_halted_stream_is() {
+        let h = Health::default();
+        let waiting = HealthKey::Resource {
+            cluster: "default".into(),
+            path: "resources[1]".into(),
+            resource: "widgets".into(),
+        };
+        h.update(&waiting, |s| s.error = Some("unknown resource".into()));
+        h.update(&HealthKey::Cluster("b".into()), |s| {
+            s.error = Some("unreachable".into())
+        });
+        let stream = HealthKey::Stream("default/configmaps".into());
+        h.update(&stream, |s| s.synced = true);
+        // Every heartbeat is older than a zero limit: only the stream can be wedged.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(h.wedged(Duration::ZERO), ["stream default/configmaps"]);
+        assert!(h.wedged(Duration::from_secs(3600)).is_empty());
+        let body = h.readiness().unwrap_err();
+        assert!(
+            body.contains("resource default/widgets (resources[1]): waiting: unknown resource"),
+            "{body}"
+        );
+        h.halt(&stream, "event x not delivered".into());
+        assert_eq!(
+            h.wedged(Duration::from_secs(3600)),
+            ["stream default/configmaps"]
+        );
+        assert!(
+            h.readiness()
+                .unwrap_err()
+                .contains("halted: event x not delivered")
+        );
     }
 
     #[test]

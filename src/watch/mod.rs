@@ -4,7 +4,6 @@
 //! relist, invariant 5), restarts silent watches, and backs off on errors without ever
 //! ending. Its output is an ordered sequence of [`Item`]s on a bounded channel.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,14 +20,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::checkpoint::{IndexEntry, StreamCheckpoint};
+use crate::checkpoint::{Index, Reconcile, RelistCounts, StreamCheckpoint};
 use crate::cluster::api_resource;
 use crate::config::WatchConfig;
 use crate::event::{
     Change, ChangeType, Event, EventError, ObjectRef, Origin, RelistMarker, StreamId, TraceContext,
 };
 use crate::telemetry::traces::{self, TARGET};
-use crate::telemetry::{StreamMetrics, Telemetry};
+use crate::telemetry::{HealthKey, StreamMetrics, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -95,10 +94,43 @@ struct RawList {
     items: Vec<Value>,
 }
 
-/// The next request, and why it is made (the `cause` label of `kubewire_watch_starts`).
+/// Why a list or watch request is made (the `cause` label of `kubewire_watch_starts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// The first list of a stream without a checkpoint.
+    Initial,
+    /// A watch from the stored resourceVersion.
+    Resume,
+    /// A list after 410 Gone.
+    Relist,
+    /// The watch that follows a list.
+    AfterList,
+    /// The server ended the watch (its timeout).
+    Timeout,
+    /// The watch was silent past its idle timeout.
+    Idle,
+    /// The previous request failed.
+    Error,
+}
+
+impl Cause {
+    fn as_str(self) -> &'static str {
+        match self {
+            Cause::Initial => "initial",
+            Cause::Resume => "resume",
+            Cause::Relist => "relist",
+            Cause::AfterList => "after-list",
+            Cause::Timeout => "timeout",
+            Cause::Idle => "idle",
+            Cause::Error => "error",
+        }
+    }
+}
+
+/// The next request, and why it is made.
 enum Step {
-    List(&'static str),
-    Watch(&'static str),
+    List(Cause),
+    Watch(Cause),
 }
 
 /// Placeholder until `traces::event_span` gives an event its trace context.
@@ -116,20 +148,21 @@ pub struct WatchLoop {
     settings: WatchConfig,
     url_path: String,
     tx: mpsc::Sender<Item>,
-    /// uid → what we last sent downstream for that object.
-    index: HashMap<String, IndexEntry>,
-    /// uid → a version handed to the sink before a crash whose acknowledgement never made it
-    /// into the checkpoint: maybe downstream. The first list treats these as published (so a
-    /// vanished one gets its Deleted, with its newest version), then forgets them.
-    in_doubt: HashMap<String, IndexEntry>,
+    /// What we sent downstream of each object, and what a crash left in doubt (handed to
+    /// the sink, acknowledgement never committed: maybe downstream). The first list treats
+    /// those as published (so a vanished one gets its Deleted, with its newest version),
+    /// then settles them.
+    index: Index,
     /// The version the stream is complete up to, as far as sent items go.
     resource_version: Option<String>,
     /// Whether a checkpoint existed: a list is then a relist, with a marker.
     had_checkpoint: bool,
     telemetry: Arc<Telemetry>,
     metrics: StreamMetrics,
-    /// The stream's display name: its key in health reports.
+    /// The stream's display name.
     name: String,
+    /// Its key in health reports.
+    health_key: HealthKey,
     /// The span of the list or watch request in progress: event spans link to it.
     carrier: SpanContext,
 }
@@ -148,14 +181,14 @@ impl WatchLoop {
         let url_path = DynamicObject::url_path(&ar, spec.id.namespace.as_deref());
         let name = spec.id.to_string();
         Self {
+            health_key: HealthKey::Stream(name.clone()),
             client,
             had_checkpoint: checkpoint.resource_version.is_some(),
             spec,
             settings,
             url_path,
             tx,
-            index: checkpoint.index,
-            in_doubt: checkpoint.in_doubt,
+            index: Index::new(checkpoint.index, checkpoint.in_doubt),
             resource_version: checkpoint.resource_version,
             name,
             telemetry,
@@ -165,7 +198,7 @@ impl WatchLoop {
     }
 
     fn health(&self, f: impl FnOnce(&mut crate::telemetry::StreamState)) {
-        self.telemetry.health.update(&self.name, f);
+        self.telemetry.health.update(&self.health_key, f);
     }
 
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
@@ -184,9 +217,9 @@ impl WatchLoop {
         self.metrics.tracked.set(self.index.len() as i64);
         let mut step = if self.resource_version.is_some() {
             tracing::info!(%stream, resource_version = ?self.resource_version, "resuming from checkpoint");
-            Step::Watch("resume")
+            Step::Watch(Cause::Resume)
         } else {
-            Step::List("initial")
+            Step::List(Cause::Initial)
         };
         let mut backoff = self.backoff();
         let mut last_error: Option<String> = None;
@@ -209,7 +242,7 @@ impl WatchLoop {
                 }
                 Err(WatchError::Gone) => {
                     tracing::info!(%stream, resource_version = ?self.resource_version, "410 Gone: relisting");
-                    step = Step::List("relist");
+                    step = Step::List(Cause::Relist);
                 }
                 Err(WatchError::Closed) => return,
                 Err(e) => {
@@ -223,7 +256,7 @@ impl WatchLoop {
                     self.metrics.ready(false);
                     step = match step {
                         Step::List(c) => Step::List(c),
-                        Step::Watch(_) => Step::Watch("error"),
+                        Step::Watch(_) => Step::Watch(Cause::Error),
                     };
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                     healthy_since = Instant::now() + delay;
@@ -248,7 +281,7 @@ impl WatchLoop {
                     otel.name = if self.had_checkpoint { traces::RELIST_SPAN } else { traces::LIST_SPAN },
                     k8s.cluster.name = %self.spec.id.cluster,
                     kubewire.stream = %self.name,
-                    kubewire.cause = cause,
+                    kubewire.cause = cause.as_str(),
                     otel.status_code = tracing::field::Empty,
                     otel.status_description = tracing::field::Empty,
                 ),
@@ -261,7 +294,7 @@ impl WatchLoop {
                     "kubewire.watch",
                     k8s.cluster.name = %self.spec.id.cluster,
                     kubewire.stream = %self.name,
-                    kubewire.cause = cause,
+                    kubewire.cause = cause.as_str(),
                     kubewire.resource_version = self.resource_version.as_deref().unwrap_or(""),
                     otel.status_code = tracing::field::Empty,
                     otel.status_description = tracing::field::Empty,
@@ -269,7 +302,7 @@ impl WatchLoop {
                 cause,
             ),
         };
-        self.metrics.watch_start(cause);
+        self.metrics.watch_start(cause.as_str());
         self.carrier = traces::span_context(&span);
         let result = match *step {
             Step::List(_) => self.list().instrument(span.clone()).await,
@@ -347,139 +380,55 @@ impl WatchLoop {
         lp
     }
 
-    /// A paginated list, diffed against the index. Without a checkpoint the changes stream
-    /// out page by page (origin `initial`); a relist collects its changes first so that its
-    /// marker, which carries the counts, comes before them.
+    /// A paginated list, diffed against the index (`checkpoint::reconcile`). Without a
+    /// checkpoint the changes stream out page by page (origin `initial`); a relist collects
+    /// its changes first so that its marker, which carries the counts, comes before them.
     async fn list(&mut self) -> Result<Step, WatchError> {
         let relist = self.had_checkpoint;
         tracing::info!(stream = %self.spec.id, relist, "listing");
         self.metrics.initial_sync("listed", 0);
         self.metrics.initial_sync("published", 0);
-        let mut listed = 0i64;
-        let mut last_progress = Instant::now();
         let origin = if relist {
             Origin::Relist
         } else {
             Origin::Initial
         };
         let publish_snapshot = relist || self.spec.initial;
-        let mut seen: HashSet<String> = HashSet::with_capacity(self.index.len());
-        // A relist's changes, applied to the index only once every page is in: a page that
+        let mut diff = Reconcile::default();
+        // A relist's changes, recorded in the index only once every page is in: a page that
         // fails (an expired continue token, any error) must leave the index as it was, or the
         // retry reads those objects as unchanged and their events are lost (regression:
         // watch::tests::relist_failing_after_its_first_page_loses_no_change).
         let mut buffered: Vec<(ChangeType, ObjectRef, Value, bool)> = Vec::new();
-        let (mut added, mut modified, mut unchanged) = (0u64, 0u64, 0u64);
-        let mut continue_token: Option<String> = None;
-        let list_rv = loop {
-            let mut lp = self.list_params();
-            if let Some(c) = &continue_token {
-                lp = lp.continue_token(c);
-            }
-            let req = Request::new(&self.url_path).list(&lp)?;
-            let started = Instant::now();
-            let page = self.client.request::<RawList>(req).await;
-            self.observe_request("list", started, &page);
-            let page = page.map_err(|e| self.api_error("list", e))?;
-            listed += page.items.len() as i64;
-            self.metrics.initial_sync("listed", listed);
-            self.health(|_| {});
-            if last_progress.elapsed() >= Duration::from_secs(5) {
-                tracing::info!(stream = %self.spec.id, listed, "list in progress");
-                last_progress = Instant::now();
-            }
-            for mut obj in page.items {
-                let r = ObjectRef::from_object(&obj).map_err(|source| WatchError::BadObject {
-                    stream: self.spec.id.to_string(),
-                    source,
-                })?;
-                seen.insert(r.uid.clone());
-                let indexed = self.index.get(&r.uid);
-                let sent = self.in_doubt.get(&r.uid);
-                let change = match (indexed, sent) {
-                    (Some(e), _) if e.resource_version == r.resource_version => {
-                        unchanged += 1;
-                        continue;
+        let list_rv = self
+            .list_pages(
+                |this, change, r, obj| {
+                    let publish = publish_snapshot && this.spec.events.contains(&change);
+                    if relist {
+                        buffered.push((change, r, obj, publish));
+                        None
+                    } else {
+                        Some(this.change_item(change, origin, r, obj, publish, None))
                     }
-                    // Handed to the sink before a crash, maybe downstream, maybe not: repeat
-                    // exactly that event (same id), a duplicate at worst. A new id at the same
-                    // version (`added` after a `modified`) would read as a version regression
-                    // (regression: the compaction scenario).
-                    (_, Some(s)) if s.resource_version == r.resource_version => match s.sent_as {
-                        Some(c @ (ChangeType::Added | ChangeType::Modified)) => c,
-                        _ if indexed.is_some() => ChangeType::Modified,
-                        _ => ChangeType::Added,
-                    },
-                    (None, None) => ChangeType::Added,
-                    _ => ChangeType::Modified,
-                };
-                match change {
-                    ChangeType::Added => added += 1,
-                    _ => modified += 1,
-                }
-                // Items of a list carry no apiVersion/kind; the envelope's data should.
-                if let Some(map) = obj.as_object_mut() {
-                    map.insert(
-                        "apiVersion".into(),
-                        self.spec.id.resource.api_version().into(),
-                    );
-                    map.insert("kind".into(), self.spec.id.resource.kind.clone().into());
-                }
-                let publish = publish_snapshot && self.spec.events.contains(&change);
-                if relist {
-                    buffered.push((change, r, obj, publish));
-                } else {
-                    let item = self.change_item(change, origin, r, obj, publish, None);
-                    self.send(item).await?;
-                }
-            }
-            continue_token = page.metadata.continue_.filter(|c| !c.is_empty());
-            if continue_token.is_none() {
-                break page.metadata.resource_version.unwrap_or_default();
-            }
-        };
-        // Indexed objects the list no longer has vanished while we were not watching (or
-        // stopped matching the selector): the stream's view says Deleted.
-        // Objects possibly published before a crash count too (regression: the relist after a
-        // kill -9 lost the deletes of objects published after the last checkpoint commit).
-        let mut vanished: Vec<String> = self
-            .index
-            .keys()
-            .chain(self.in_doubt.keys())
-            .filter(|uid| !seen.contains(*uid))
-            .cloned()
+                },
+                &mut diff,
+            )
+            .await?;
+        let (vanished, counts) = diff.vanished(&self.index);
+        let publish_deleted = publish_snapshot && self.spec.events.contains(&ChangeType::Deleted);
+        let deletions: Vec<Item> = vanished
+            .into_iter()
+            .map(|(uid, entry)| {
+                let (r, data) = entry.identity(&uid);
+                self.change_item(ChangeType::Deleted, origin, r, data, publish_deleted, None)
+            })
             .collect();
-        vanished.sort();
-        vanished.dedup();
-        let deleted = vanished.len() as u64;
-        let mut deletions = Vec::with_capacity(vanished.len());
-        for uid in vanished {
-            // The in-doubt version is the newer one: the Deleted must not go back in versions.
-            let entry = self
-                .in_doubt
-                .get(&uid)
-                .or_else(|| self.index.get(&uid))
-                .cloned()
-                .expect("indexed or in doubt");
-            let r = ObjectRef {
-                uid: uid.clone(),
-                namespace: entry.namespace.clone(),
-                name: entry.name.clone(),
-                resource_version: entry.resource_version.clone(),
-            };
-            let data = serde_json::json!({
-                "apiVersion": entry.api_version,
-                "kind": entry.kind,
-                "metadata": {
-                    "namespace": entry.namespace,
-                    "name": entry.name,
-                    "uid": uid,
-                    "resourceVersion": entry.resource_version,
-                }
-            });
-            let publish = publish_snapshot && self.spec.events.contains(&ChangeType::Deleted);
-            deletions.push(self.change_item(ChangeType::Deleted, origin, r, data, publish, None));
-        }
+        let RelistCounts {
+            added,
+            modified,
+            deleted,
+            unchanged,
+        } = counts;
         if relist {
             let mut marker = Event::Relisted(RelistMarker {
                 stream: self.spec.id.clone(),
@@ -517,7 +466,7 @@ impl WatchLoop {
             self.send(item).await?;
         }
         self.send(Item::Advance(list_rv.clone())).await?;
-        self.in_doubt.clear();
+        self.index.settle();
         self.metrics.event_seen(&list_rv);
         self.metrics.tracked.set(self.index.len() as i64);
         self.resource_version = Some(list_rv);
@@ -527,7 +476,62 @@ impl WatchLoop {
             h.error = None;
         });
         self.metrics.ready(true);
-        Ok(Step::Watch("after-list"))
+        Ok(Step::Watch(Cause::AfterList))
+    }
+
+    /// Reads every page of a list, classifies each object with `diff`, and hands each
+    /// change to `each`, sending the item it returns at once. Returns the list's
+    /// resourceVersion.
+    async fn list_pages(
+        &mut self,
+        mut each: impl FnMut(&mut Self, ChangeType, ObjectRef, Value) -> Option<Item>,
+        diff: &mut Reconcile,
+    ) -> Result<String, WatchError> {
+        let mut listed = 0i64;
+        let mut last_progress = Instant::now();
+        let mut continue_token: Option<String> = None;
+        loop {
+            let mut lp = self.list_params();
+            if let Some(c) = &continue_token {
+                lp = lp.continue_token(c);
+            }
+            let req = Request::new(&self.url_path).list(&lp)?;
+            let started = Instant::now();
+            let page = self.client.request::<RawList>(req).await;
+            self.observe_request("list", started, &page);
+            let page = page.map_err(|e| self.api_error("list", e))?;
+            listed += page.items.len() as i64;
+            self.metrics.initial_sync("listed", listed);
+            self.health(|_| {});
+            if last_progress.elapsed() >= Duration::from_secs(5) {
+                tracing::info!(stream = %self.spec.id, listed, "list in progress");
+                last_progress = Instant::now();
+            }
+            for mut obj in page.items {
+                let r = ObjectRef::from_object(&obj).map_err(|source| WatchError::BadObject {
+                    stream: self.spec.id.to_string(),
+                    source,
+                })?;
+                let Some(change) = diff.observe(&self.index, &r) else {
+                    continue;
+                };
+                // Items of a list carry no apiVersion/kind; the envelope's data should.
+                if let Some(map) = obj.as_object_mut() {
+                    map.insert(
+                        "apiVersion".into(),
+                        self.spec.id.resource.api_version().into(),
+                    );
+                    map.insert("kind".into(), self.spec.id.resource.kind.clone().into());
+                }
+                if let Some(item) = each(self, change, r, obj) {
+                    self.send(item).await?;
+                }
+            }
+            continue_token = page.metadata.continue_.filter(|c| !c.is_empty());
+            if continue_token.is_none() {
+                return Ok(page.metadata.resource_version.unwrap_or_default());
+            }
+        }
     }
 
     /// Builds the item for one change and records it in the sent-index.
@@ -540,26 +544,6 @@ impl WatchLoop {
         publish: bool,
         advance: Option<String>,
     ) -> Item {
-        // A newer event of this object supersedes whatever was in doubt about it.
-        self.in_doubt.remove(&object.uid);
-        match change {
-            ChangeType::Deleted => {
-                self.index.remove(&object.uid);
-            }
-            _ => {
-                self.index.insert(
-                    object.uid.clone(),
-                    IndexEntry {
-                        api_version: self.spec.id.resource.api_version(),
-                        kind: self.spec.id.resource.kind.clone(),
-                        namespace: object.namespace.clone(),
-                        name: object.name.clone(),
-                        resource_version: object.resource_version.clone(),
-                        sent_as: None,
-                    },
-                );
-            }
-        }
         let mut event = Event::Object(Change {
             stream: self.spec.id.clone(),
             change,
@@ -573,6 +557,9 @@ impl WatchLoop {
                 TraceContext::random()
             },
         });
+        if let Event::Object(c) = &event {
+            self.index.record(c);
+        }
         // Only an event that will be published gets a span (and its trace context).
         let span = if publish {
             let (span, trace) = traces::event_span(&event, &self.carrier);
@@ -618,13 +605,13 @@ impl WatchLoop {
             let next = match tokio::time::timeout(idle, events.try_next()).await {
                 Err(_) => {
                     tracing::warn!(stream = %self.spec.id, "watch silent past its idle timeout; restarting it");
-                    return Ok(Step::Watch("idle"));
+                    return Ok(Step::Watch(Cause::Idle));
                 }
                 Ok(r) => r.map_err(|e| self.api_error("watch", e))?,
             };
             let Some(ev) = next else {
                 // The server ended the watch (its timeout): resume where we are.
-                return Ok(Step::Watch("timeout"));
+                return Ok(Step::Watch(Cause::Timeout));
             };
             let (change, obj) = match ev {
                 WatchEvent::Added(o) => (ChangeType::Added, o),

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tower_test::mock;
 
 use super::{Item, StreamSpec, WatchLoop};
-use crate::checkpoint::{IndexEntry, StreamCheckpoint};
+use crate::checkpoint::{IndexEntry, SentEntry, StreamCheckpoint};
 use crate::config::WatchConfig;
 use crate::event::{Change, ChangeType, Event, Origin, RelistMarker, ResourceInfo, StreamId};
 use crate::telemetry::Telemetry;
@@ -77,14 +77,13 @@ fn resumed_at(rv: &str) -> StreamCheckpoint {
     }
 }
 
-fn entry(name: &str, rv: &str, sent_as: Option<ChangeType>) -> IndexEntry {
+fn entry(name: &str, rv: &str) -> IndexEntry {
     IndexEntry {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),
         namespace: Some("default".into()),
         name: name.into(),
         resource_version: rv.into(),
-        sent_as,
     }
 }
 
@@ -233,9 +232,7 @@ fn counts(m: &RelistMarker) -> (u64, u64, u64, u64) {
 #[tokio::test]
 async fn resumes_from_checkpoint_with_a_watch_and_emits_its_events_in_order() {
     let mut checkpoint = resumed_at("100");
-    checkpoint
-        .index
-        .insert("b".into(), entry("cm-b", "90", None));
+    checkpoint.index.insert("b".into(), entry("cm-b", "90"));
     let mut h = start(checkpoint, WatchConfig::default());
 
     let send = h.expect_watch("100").await;
@@ -302,7 +299,7 @@ async fn gone_on_the_watch_relists_with_marker_then_deletions_then_changes() {
     for (uid, rv) in [("same", "10"), ("changed", "20"), ("vanished", "30")] {
         checkpoint
             .index
-            .insert(uid.into(), entry(&format!("cm-{uid}"), rv, None));
+            .insert(uid.into(), entry(&format!("cm-{uid}"), rv));
     }
     let mut h = start(checkpoint, WatchConfig::default());
 
@@ -362,9 +359,13 @@ async fn gone_as_http_status_on_the_watch_relists_too() {
 #[tokio::test]
 async fn in_doubt_modified_at_the_listed_version_is_repeated_as_modified() {
     let mut checkpoint = resumed_at("100");
-    checkpoint
-        .in_doubt
-        .insert("x".into(), entry("cm-x", "150", Some(ChangeType::Modified)));
+    checkpoint.in_doubt.insert(
+        "x".into(),
+        SentEntry {
+            entry: entry("cm-x", "150"),
+            sent_as: Some(ChangeType::Modified),
+        },
+    );
     let mut h = start(checkpoint, WatchConfig::default());
 
     let send = h.expect_watch("100").await;
@@ -423,9 +424,7 @@ async fn silent_watch_is_restarted_after_the_idle_timeout() {
 #[tokio::test]
 async fn relist_failing_after_its_first_page_loses_no_change() {
     let mut checkpoint = resumed_at("100");
-    checkpoint
-        .index
-        .insert("a".into(), entry("cm-a", "10", None));
+    checkpoint.index.insert("a".into(), entry("cm-a", "10"));
     let settings = WatchConfig {
         page_size: 1,
         backoff_initial_ms: 1,

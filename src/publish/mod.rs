@@ -1,0 +1,357 @@
+//! The publish stage of one stream: takes the watch loop's items in order, prepares each
+//! event ([`prepare`]: transform → envelope), hands it to the sink while many sends are in
+//! flight, and settles their acknowledgements in send order, so that the checkpoint moves
+//! only behind the contiguous acknowledgement watermark (invariant 2). Before a batch is
+//! handed over, its versions are written ahead to the state store (a relist after a crash
+//! must know what may be downstream). Commits are batched on a timer and at the end.
+//!
+//! An event the sink *rejects* for good (too large) is named loudly and passed over: the
+//! checkpoint may move past it. An event the sink did *not deliver* (its acknowledgement
+//! was dropped, the sink closed, the write-ahead failed) stops the stream's progress: nothing
+//! at or after it is checkpointed, the stream is marked halted (so `/healthz` fails and a
+//! restart replays from the checkpoint), and the publisher ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::checkpoint::{CheckpointError, Progress, SentEntry, StateStore, Uncommitted};
+use crate::envelope::{self, Encoded, EnvelopeError};
+use crate::event::{Event, Origin};
+use crate::sink::{Delivery, Sink, SinkError};
+use crate::telemetry::traces::{self, TARGET};
+use crate::telemetry::{HealthKey, StreamMetrics, Telemetry};
+use crate::transform::Transformer;
+use crate::watch::{Item, StreamSpec};
+
+/// Errors of the publish stage: why a stream's progress stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The sink did not deliver an event (and did not reject it for good).
+    #[error("event {id} not delivered: {source}")]
+    NotDelivered {
+        id: String,
+        #[source]
+        source: SinkError,
+    },
+    /// The write-ahead of sent versions failed: handing the batch over could lose deletes
+    /// after a crash.
+    #[error("write-ahead of sent versions failed: {0}")]
+    WriteAhead(#[source] CheckpointError),
+    /// The write-ahead task itself failed.
+    #[error("write-ahead task failed: {0}")]
+    Task(String),
+}
+
+/// The per-event work before the sink: the stream's transforms on a change's object, then
+/// the CloudEvents envelope, addressed to `destination` (a per-resource sink destination
+/// template, if any). Also what `benches/pipeline.rs` measures.
+pub fn prepare(
+    transformer: &Transformer,
+    event: &mut Event,
+    destination: Option<&Arc<str>>,
+    span: &tracing::Span,
+) -> Result<Encoded, EnvelopeError> {
+    if let Event::Object(c) = event {
+        let _stage =
+            tracing::info_span!(target: TARGET, parent: span, "kubewire.transform").entered();
+        transformer.apply(&c.stream.resource, &mut c.data);
+    }
+    let _stage = tracing::info_span!(target: TARGET, parent: span, "kubewire.encode").entered();
+    let mut encoded = envelope::encode(event)?;
+    encoded.destination = destination.cloned();
+    Ok(encoded)
+}
+
+/// What a settled item does: its checkpoint progress, and for the metrics what was
+/// published. `failed` stops the stream's progress at this item.
+struct Effect {
+    progress: Progress,
+    /// (type label, origin) of an event the sink acknowledged.
+    published: Option<(&'static str, Origin)>,
+    failed: Option<PublishError>,
+}
+
+impl Effect {
+    fn settled(progress: Progress) -> Self {
+        Self {
+            progress,
+            published: None,
+            failed: None,
+        }
+    }
+}
+
+type Pending = BoxFuture<'static, Effect>;
+
+/// One stream's publisher.
+pub struct Publisher {
+    /// The stream.
+    pub spec: StreamSpec,
+    /// Where events go.
+    pub sink: Arc<dyn Sink>,
+    /// The stream's transforms.
+    pub transformer: Arc<Transformer>,
+    /// Where the checkpoint goes.
+    pub store: Arc<dyn StateStore>,
+    /// How often acknowledged progress is committed.
+    pub commit_interval: Duration,
+    /// Sends outstanding at the sink before the publisher waits for acknowledgements.
+    pub max_in_flight: usize,
+    /// Metric handles of the stream.
+    pub metrics: StreamMetrics,
+    /// Health: a halted stream is reported here.
+    pub telemetry: Arc<Telemetry>,
+    /// This resource's destination template for the sink (`resources[].kafka.topic`).
+    pub destination: Option<Arc<str>>,
+}
+
+/// Items taken from the channel and written ahead in one store transaction.
+const WRITE_AHEAD_BATCH: usize = 512;
+
+impl Publisher {
+    /// Runs until the watch side closes the channel and every in-flight event is settled.
+    /// `abort` makes it stop taking new items at once (leadership lost); what the sink
+    /// already holds is still awaited and checkpointed. Returns why the stream's progress
+    /// stopped, if it did.
+    pub async fn run(
+        self,
+        mut rx: mpsc::Receiver<Item>,
+        abort: CancellationToken,
+    ) -> Result<(), PublishError> {
+        let stream_key = self.spec.id.key();
+        let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
+        let mut uncommitted = Uncommitted::default();
+        let mut tick = tokio::time::interval(self.commit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut open = true;
+        let mut batch: Vec<Item> = Vec::new();
+        let mut failure: Option<PublishError> = None;
+        loop {
+            let room = self
+                .max_in_flight
+                .saturating_sub(in_flight.len())
+                .min(WRITE_AHEAD_BATCH);
+            tokio::select! {
+                biased;
+                Some(effect) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Some(e) = effect.failed {
+                        // Nothing at or after this item may be checkpointed.
+                        failure = Some(e);
+                        break;
+                    }
+                    if let Some((change, origin)) = effect.published {
+                        self.metrics.published(change, origin.as_str());
+                        if origin != Origin::Watch {
+                            self.metrics.initial_sync_add("published");
+                        }
+                    }
+                    uncommitted.apply(effect.progress)
+                }
+                n = rx.recv_many(&mut batch, room), if open && room > 0 => {
+                    if n == 0 {
+                        open = false;
+                    } else if let Err(e) = self.write_ahead(&stream_key, &batch).await {
+                        // Not handed over: the stream stops behind what is already out.
+                        failure = Some(e);
+                        break;
+                    } else {
+                        for item in batch.drain(..) {
+                            in_flight.push_back(self.start(item).await);
+                        }
+                    }
+                }
+                _ = tick.tick() => self.commit(&stream_key, &mut uncommitted).await,
+                _ = abort.cancelled(), if open => open = false,
+            }
+            if !open && in_flight.is_empty() {
+                break;
+            }
+        }
+        // Whatever is still in flight comes after the failure (acknowledgements settle in
+        // send order): dropped, to be replayed from the checkpoint.
+        drop(in_flight);
+        self.commit(&stream_key, &mut uncommitted).await;
+        match failure {
+            None => Ok(()),
+            Some(e) => {
+                tracing::error!(stream = %self.spec.id, error = %e, "stream halted: nothing from this event on is checkpointed; a restart replays from the checkpoint");
+                self.telemetry
+                    .health
+                    .halt(&HealthKey::Stream(self.spec.id.to_string()), e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Records the versions of `items` about to be handed to the sink, durably, before the
+    /// hand-over: after a crash they may be downstream without being in the index, and the
+    /// relist must know them (see `checkpoint::StreamCheckpoint::in_doubt`).
+    async fn write_ahead(&self, stream_key: &str, items: &[Item]) -> Result<(), PublishError> {
+        let sent: Vec<(String, SentEntry)> = items
+            .iter()
+            .filter_map(|item| match item {
+                Item::Event {
+                    event,
+                    publish: true,
+                    ..
+                } => match event.as_ref() {
+                    // Deletes too: a relist after a crash must repeat a Deleted that may be
+                    // downstream at its own version, not at the older indexed one.
+                    Event::Object(c) => Some((c.object.uid.clone(), SentEntry::of(c))),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let key = stream_key.to_owned();
+        match tokio::task::spawn_blocking(move || store.record_sent(&key, &sent)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PublishError::WriteAhead(e)),
+            Err(e) => Err(PublishError::Task(e.to_string())),
+        }
+    }
+
+    /// Starts one item: returns the future of its effect, resolved once the sink settles it.
+    async fn start(&self, item: Item) -> Pending {
+        let (mut event, publish, advance, span) = match item {
+            Item::Advance(rv) => {
+                return Box::pin(futures::future::ready(Effect::settled(Progress::advance(
+                    rv,
+                ))));
+            }
+            Item::Event {
+                event,
+                publish,
+                advance,
+                span,
+            } => (event, publish, advance, span),
+        };
+        let mut effect = Effect::settled(Progress::of(&event, advance));
+        if !publish {
+            return Box::pin(futures::future::ready(effect));
+        }
+        let published = match event.as_ref() {
+            Event::Object(c) => (c.change.as_str(), c.origin),
+            Event::Relisted(_) => ("relisted", Origin::Relist),
+        };
+        // The event's span (disabled when traces are off) ends when this item's future
+        // resolves: at the acknowledgement. The stage spans are its children.
+        let encoded = match prepare(
+            &self.transformer,
+            &mut event,
+            self.destination.as_ref(),
+            &span,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(stream = %self.spec.id, id = %event.id(), error = %e, "cannot encode event; skipping it");
+                traces::record_error(&span, &e);
+                return Box::pin(futures::future::ready(effect));
+            }
+        };
+        let id = encoded.id.clone();
+        let sink_name = self.sink.name();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        // From the hand-off to the sink (including waiting while it is full) to its ack.
+        let publish_span = tracing::info_span!(
+            target: TARGET,
+            parent: &span,
+            "kubewire.publish",
+            otel.kind = "producer",
+            messaging.system = sink_name,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let sent = self
+            .sink
+            .send(encoded)
+            .instrument(publish_span.clone())
+            .await;
+        let ack = match sent {
+            Ok(ack) => ack,
+            Err(e) => {
+                traces::record_error(&publish_span, &e);
+                traces::record_error(&span, &e);
+                match Delivery::of(Err(e)) {
+                    Delivery::Rejected(e) => {
+                        tracing::error!(stream = %self.spec.id, %id, error = %e, "sink refused event");
+                        metrics.metrics().sink_error(sink_name, "send");
+                    }
+                    Delivery::Failed(e) => {
+                        effect.failed = Some(PublishError::NotDelivered { id, source: e })
+                    }
+                    Delivery::Delivered => unreachable!("an error is not a delivery"),
+                }
+                return Box::pin(futures::future::ready(effect));
+            }
+        };
+        metrics.in_flight.inc();
+        let stream = self.spec.id.to_string();
+        Box::pin(async move {
+            // Entered while awaiting, so that the publish span ends at the ack: the
+            // OpenTelemetry layer ends a span at its last exit.
+            let result = ack.instrument(publish_span.clone()).await;
+            metrics.in_flight.dec();
+            match Delivery::of(result) {
+                Delivery::Delivered => {
+                    metrics.metrics().sink_ack(sink_name, started.elapsed());
+                    effect.published = Some(published);
+                }
+                Delivery::Rejected(e) => {
+                    // A permanent rejection of this one event (e.g. too large): name it
+                    // loudly; the stream goes on past it.
+                    tracing::error!(%stream, %id, error = %e, "event not delivered");
+                    traces::record_error(&publish_span, &e);
+                    traces::record_error(&span, &e);
+                    metrics.metrics().sink_error(sink_name, "rejected");
+                }
+                Delivery::Failed(e) => {
+                    traces::record_error(&publish_span, &e);
+                    traces::record_error(&span, &e);
+                    effect.failed = Some(PublishError::NotDelivered { id, source: e });
+                }
+            }
+            // Settled: the publish span, then the event's span end here.
+            drop(publish_span);
+            drop(span);
+            effect
+        })
+    }
+
+    async fn commit(&self, stream_key: &str, uncommitted: &mut Uncommitted) {
+        if uncommitted.is_empty() {
+            return;
+        }
+        let batch = uncommitted.take_batch();
+        let store = self.store.clone();
+        let key = stream_key.to_owned();
+        let res = tokio::task::spawn_blocking(move || {
+            let r = store.commit(&key, &batch);
+            (batch, r)
+        })
+        .await;
+        match res {
+            Ok((batch, Ok(()))) => self.metrics.checkpointed(batch.resource_version.as_deref()),
+            Ok((batch, Err(e))) => {
+                // Keep what failed for the next attempt.
+                tracing::error!(stream = %self.spec.id, error = %e, "checkpoint commit failed; will retry");
+                uncommitted.restore(batch);
+            }
+            Err(e) => {
+                tracing::error!(stream = %self.spec.id, error = %e, "checkpoint commit panicked")
+            }
+        }
+    }
+}
