@@ -5,8 +5,8 @@
 //! - `pipeline`: one watch-event line as the API server sends it
 //!   (`{"type":"MODIFIED","object":{...}}`) → `WatchEvent<Value>` (the decode kube does
 //!   for `request_events`) → `ObjectRef` + `Change` (as the watch loop builds it, with a
-//!   fresh trace and the observation time) → `Transformer::apply` (default transforms) →
-//!   `envelope::encode` (the CloudEvents JSON document and its attributes).
+//!   fresh trace and the observation time) → `publish::prepare` (the default transforms,
+//!   then the CloudEvents envelope: the JSON document and its attributes).
 //! - `raw`: `serde_json::from_slice::<Value>` + `serde_json::to_vec` of the same line.
 //!
 //! Fixtures (`benches/fixtures/`): a running Pod and a Deployment with their
@@ -29,10 +29,11 @@ use kube::api::WatchEvent;
 use serde_json::Value;
 
 use kubewire::config::TransformConfig;
-use kubewire::envelope::{self, Encoded};
+use kubewire::envelope::Encoded;
 use kubewire::event::{
     Change, ChangeType, Event, ObjectRef, Origin, ResourceInfo, StreamId, TraceContext,
 };
+use kubewire::publish;
 use kubewire::transform::Transformer;
 
 const FIXTURES: &[&str] = &["pod", "deployment", "configmap-1k"];
@@ -102,10 +103,8 @@ fn pipeline(line: &[u8], stream: &Arc<StreamId>, transformer: &Transformer) -> E
         observed: Utc::now(),
         trace: TraceContext::random(),
     });
-    if let Event::Object(c) = &mut event {
-        transformer.apply(&c.stream.resource, &mut c.data);
-    }
-    envelope::encode(&event).expect("encodable")
+    // The publish stage's own per-event work (transform + envelope), not a copy of it.
+    publish::prepare(transformer, &mut event, None, &tracing::Span::none()).expect("encodable")
 }
 
 /// The floor: parse the same bytes into a `Value` and write it back.

@@ -116,3 +116,121 @@ async fn a_graceful_stop_releases_the_lease_and_exits_zero() {
     )
     .await;
 }
+
+/// Issue "One home per stage", item 5: a SIGTERM under leader election drains what was read,
+/// commits, and only then releases the Lease (it used to abort the publishers). The next
+/// start resumes from the committed checkpoint and replays nothing.
+#[tokio::test]
+async fn sigterm_under_leader_election_drains_commits_and_releases_the_lease() {
+    let client = common::kube_client().await;
+    let ns = fresh_namespace(&client, "kw-ha-drain").await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = replica(dir.path(), &ns, "replica-a");
+    a.wait_log(60, 1, "acquired leadership: starting streams", 1)
+        .await;
+    a.wait_log(60, 1, "initial list done", 1).await;
+    // A burst still flowing through the pipeline when the SIGTERM arrives.
+    for i in 0..100 {
+        api.create(
+            &PostParams::default(),
+            &configmap(&format!("cm-{i}"), &[], "1"),
+        )
+        .await
+        .unwrap();
+    }
+    assert!(a.stop().await.success(), "{:#?}", a.logs(1));
+    for message in [
+        "stopping: draining in-flight events",
+        "drained; checkpoints committed",
+        "lease released",
+    ] {
+        assert_eq!(
+            a.log_messages(1, message).len(),
+            1,
+            "{message:?} in {:#?}",
+            a.logs(1)
+        );
+    }
+    assert!(
+        a.log_messages(1, "stopping: publishing nothing more")
+            .is_empty()
+    );
+
+    // The released Lease is taken again at once; the stream resumes without a LIST.
+    a.restart();
+    a.wait_log(60, 2, "acquired leadership: starting streams", 1)
+        .await;
+    a.wait_log(60, 2, "resuming from checkpoint", 1).await;
+    let cluster = cluster_configmaps(&client, &[&ns]).await;
+    common::eventually(60, "the output replays to the cluster state", || async {
+        (replay(&a.events()) == cluster).then_some(())
+    })
+    .await;
+    assert!(
+        a.log_messages(2, "listing").is_empty(),
+        "resumed, not relisted"
+    );
+    assert_eq!(
+        check_duplicates(&a.events()),
+        0,
+        "what the drain committed is not published again"
+    );
+}
+
+/// Issue "One home per stage", item 5: a leader whose Lease is taken over stops publishing at
+/// once, without draining what it had read.
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_stops_publishing_at_once() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client = common::kube_client().await;
+    let ns = fresh_namespace(&client, "kw-ha-lost").await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(dir.path(), &ns, "replica-a");
+    a.wait_log(60, 1, "acquired leadership: starting streams", 1)
+        .await;
+    a.wait_log(60, 1, "initial list done", 1).await;
+
+    // Another holder takes the Lease for an hour, as a partitioned leader's successor would.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let now = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let patch = json!({"spec": {
+        "holderIdentity": "intruder", "leaseDurationSeconds": 3600,
+        "acquireTime": now, "renewTime": now,
+    }});
+    leases
+        .patch(
+            "kubewire-test",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    a.wait_log(LEASE_SECONDS * 3, 1, "lost leadership: stopping streams", 1)
+        .await;
+    a.wait_log(30, 1, "stopping: publishing nothing more", 1)
+        .await;
+    assert!(
+        a.log_messages(1, "stopping: draining in-flight events")
+            .is_empty()
+    );
+    // The term has ended: its publishers finished what the sink held.
+    a.wait_log(30, 1, "drained; checkpoints committed", 1).await;
+
+    // Changes after the loss are not this replica's to publish.
+    let before = a.events().len();
+    api.create(&PostParams::default(), &configmap("after-loss", &[], "1"))
+        .await
+        .unwrap();
+    let held = common::within(10, "an observation window", async {
+        let start = Instant::now();
+        while start.elapsed().as_secs() < 5 {
+            assert_eq!(a.events().len(), before, "published after losing the lease");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    held.await;
+}

@@ -133,3 +133,44 @@ fn family(sample: &str) -> &str {
         .find_map(|s| sample.strip_suffix(s))
         .unwrap_or(sample)
 }
+
+/// Regression (issue "One home per stage"): a configured resource that does not resolve got
+/// one heartbeat and never another, so after `idleTimeoutSeconds + 60 s` `/healthz` answered
+/// 503 and the liveness probe restarted the pod again and again. A waiting resource shows in
+/// `/readyz` and never fails `/healthz`.
+#[tokio::test]
+async fn an_unresolved_resource_never_fails_healthz_past_the_wedge_limit() {
+    let client = common::kube_client().await;
+    let ns = fresh_namespace(&client, "kw-ops-wait").await;
+    let dir = tempfile::tempdir().unwrap();
+    // Wedged after idleTimeoutSeconds + 60 s = 62 s without a sign of life.
+    let kw = Kubewire::start_with(
+        dir.path(),
+        &format!(
+            "  - resource: configmaps\n    namespaces: [{ns}]\n  - resource: notyetinstalleds\n"
+        ),
+        "watch:\n  timeoutSeconds: 1\n  idleTimeoutSeconds: 2\n",
+    );
+    let admin = kw.admin_address(1).await;
+    kw.wait_log(60, 1, "resource not watched", 1).await;
+    let since = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(62 + 8);
+    while since.elapsed() < limit {
+        let (code, body) = http_get(&admin, "/healthz").await;
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "ok\n"),
+            "after {:?}",
+            since.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let (code, body) = http_get(&admin, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains(
+            "resource default/notyetinstalleds (resources[1]): waiting: unknown resource"
+        ),
+        "readyz names the waiting resource: {body}"
+    );
+}

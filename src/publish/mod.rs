@@ -355,3 +355,6 @@ impl Publisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
