@@ -607,7 +607,11 @@ impl Health {
     /// Streams whose loop showed no sign of life for longer than `limit`, or whose progress
     /// halted: a restart would help them. Nothing else is ever wedged.
     pub fn wedged(&self, limit: Duration) -> Vec<String> {
-        let now = now_secs();
+        self.wedged_at(now_secs(), limit)
+    }
+
+    /// [`Health::wedged`] as seen at `now` (Unix seconds).
+    fn wedged_at(&self, now: f64, limit: Duration) -> Vec<String> {
         self.entries
             .lock()
             .expect("health lock")
@@ -663,9 +667,12 @@ mod tests {
         });
         let stream = HealthKey::Stream("default/configmaps".into());
         h.update(&stream, |s| s.synced = true);
-        // Every heartbeat is older than a zero limit: only the stream can be wedged.
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(h.wedged(Duration::ZERO), ["stream default/configmaps"]);
+        // An hour later, without a sign of life: only the stream can be wedged.
+        let later = now_secs() + 3600.0;
+        assert_eq!(
+            h.wedged_at(later, Duration::from_secs(60)),
+            ["stream default/configmaps"]
+        );
         assert!(h.wedged(Duration::from_secs(3600)).is_empty());
         let body = h.readiness().unwrap_err();
         assert!(
