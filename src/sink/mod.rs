@@ -24,8 +24,22 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
-    #[error("sink unavailable: {0}")]
-    Unavailable(String),
+    /// The sink's configuration cannot be used: a template, a property, a client setting.
+    #[error("sink configuration: {0}")]
+    Config(String),
+    /// A credential the configuration names cannot be read (unset variable, unreadable file).
+    #[error("sink credentials: {0}")]
+    Secret(String),
+    /// The destination cannot be reached.
+    #[error("sink unreachable: {0}")]
+    Connect(String),
+    /// The destination exists in a form events cannot be stored in, or cannot be set up
+    /// (a JetStream stream missing, or not covering the subjects).
+    #[error("sink destination: {0}")]
+    Destination(String),
+    /// A publish failed on its way (transport), not as a rejection of the event.
+    #[error("sink publish failed: {0}")]
+    Publish(String),
     #[error("sink is closed")]
     Closed,
     /// A destination (Kafka topic) that does not exist and may not be created.

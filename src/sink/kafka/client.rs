@@ -86,10 +86,10 @@ pub fn producer_config(
     let mut max_bytes = LIBRDKAFKA_MESSAGE_MAX_BYTES;
     for (name, value) in &cfg.properties {
         let value = expand_env(value, env)
-            .map_err(|e| SinkError::Unavailable(format!("sink.properties.{name}: {e}")))?;
+            .map_err(|e| SinkError::Secret(format!("sink.properties.{name}: {e}")))?;
         if name == "message.max.bytes" {
             max_bytes = value.parse().map_err(|_| {
-                SinkError::Unavailable(format!(
+                SinkError::Config(format!(
                     "sink.properties.message.max.bytes: {value:?} is not a number"
                 ))
             })?;
@@ -109,7 +109,7 @@ fn secret(
     if let Some(name) = env_name {
         return env(name)
             .map(Some)
-            .ok_or_else(|| SinkError::Unavailable(format!("{what}: {name} is not set")));
+            .ok_or_else(|| SinkError::Secret(format!("{what}: {name} is not set")));
     }
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| SinkError::Open {

@@ -99,7 +99,7 @@ impl KafkaSink {
     pub async fn new(cfg: &KafkaSinkConfig) -> Result<Self, SinkError> {
         let env = |name: &str| std::env::var(name).ok();
         let (client_config, producer_max_bytes) = client::producer_config(cfg, &env)?;
-        let unavailable = |e: KafkaError| SinkError::Unavailable(format!("kafka producer: {e}"));
+        let unavailable = |e: KafkaError| SinkError::Config(format!("kafka producer: {e}"));
         let producer =
             ThreadedProducer::from_config_and_context(&client_config, Context::default())
                 .map_err(unavailable)?;
@@ -119,7 +119,7 @@ impl KafkaSink {
         }
         let admin = AdminClient::from_config_and_context(&admin_config, QuietContext)
             .map_err(unavailable)?;
-        let bad = |what: &str, e| SinkError::Unavailable(format!("{what}: {e}"));
+        let bad = |what: &str, e| SinkError::Config(format!("{what}: {e}"));
         let inner = Inner {
             producer,
             topics: Topics::new(admin, cfg.create_topics.clone()),
@@ -373,9 +373,10 @@ impl Inner {
         if let Some(t) = map.get(text) {
             return Ok(Some(t.clone()));
         }
-        let t = Arc::new(Template::parse(text, Placeholder::STREAM).map_err(|e| {
-            SinkError::Unavailable(format!("resources[].kafka.topic {text:?}: {e}"))
-        })?);
+        let t =
+            Arc::new(Template::parse(text, Placeholder::STREAM).map_err(|e| {
+                SinkError::Config(format!("resources[].kafka.topic {text:?}: {e}"))
+            })?);
         map.insert(text.clone(), t.clone());
         Ok(Some(t))
     }

@@ -37,7 +37,7 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 /// Builds the NATS sink: connects, prepares or checks the stream, starts the publisher.
 pub async fn build(cfg: &NatsSinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     let template = Template::parse(&cfg.subject)
-        .map_err(|e| SinkError::Unavailable(format!("sink.subject {:?} {e}", cfg.subject)))?;
+        .map_err(|e| SinkError::Config(format!("sink.subject {:?} {e}", cfg.subject)))?;
     let health = Arc::new(Health::default());
     let (connected_tx, connected_rx) = tokio::sync::watch::channel(true);
     let client = connect(cfg, health.clone(), connected_tx).await?;
@@ -119,7 +119,7 @@ async fn connect(
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                return Err(SinkError::Unavailable(format!(
+                return Err(SinkError::Connect(format!(
                     "cannot connect to NATS at {url}: {e}"
                 )));
             }
@@ -129,9 +129,8 @@ async fn connect(
 
 async fn options(cfg: &NatsSinkConfig) -> Result<ConnectOptions, SinkError> {
     let secret = |what: &str, s: &crate::config::SecretRef| {
-        s.read().map_err(|e| {
-            SinkError::Unavailable(format!("cannot read the NATS {what} (sink.auth): {e}"))
-        })
+        s.read()
+            .map_err(|e| SinkError::Secret(format!("cannot read the NATS {what} (sink.auth): {e}")))
     };
     let mut o = ConnectOptions::new()
         .name("kubewire")
@@ -153,7 +152,7 @@ async fn options(cfg: &NatsSinkConfig) -> Result<ConnectOptions, SinkError> {
     }
     if let Some(path) = &a.credentials_file {
         o = o.credentials_file(path).await.map_err(|e| {
-            SinkError::Unavailable(format!(
+            SinkError::Secret(format!(
                 "cannot read NATS credentials file {}: {e}",
                 path.display()
             ))
@@ -211,7 +210,7 @@ async fn prepare_stream(
             ..Default::default()
         };
         ctx.create_or_update_stream(config).await.map_err(|e| {
-            SinkError::Unavailable(format!(
+            SinkError::Destination(format!(
                 "cannot create or update JetStream stream {}: {e}",
                 s.name
             ))
@@ -224,7 +223,7 @@ async fn prepare_stream(
             async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
                 if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
         );
-        SinkError::Unavailable(if missing {
+        SinkError::Destination(if missing {
             format!(
                 "JetStream stream {} does not exist: create it (covering subject {pattern}), or set sink.stream.create: true",
                 s.name
@@ -236,7 +235,7 @@ async fn prepare_stream(
     let info = stream.cached_info();
     let subjects = &info.config.subjects;
     if !subjects.iter().any(|f| subject::covers(f, &pattern)) {
-        return Err(SinkError::Unavailable(format!(
+        return Err(SinkError::Destination(format!(
             "JetStream stream {} (subjects {subjects:?}) does not cover the subject template {:?} (subjects {pattern}): events would not be stored; add {pattern} to the stream's subjects or change sink.subject",
             s.name,
             template.as_str(),
@@ -379,7 +378,7 @@ impl Sink for CoreSink {
                         reason: too_large(&msg.subject, size, &e),
                     })
                 }
-                Err(e) => Err(SinkError::Unavailable(format!("NATS publish failed: {e}"))),
+                Err(e) => Err(SinkError::Publish(format!("NATS publish failed: {e}"))),
             }
         })
     }
