@@ -11,7 +11,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One scenario at a time: they share the services and the machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -38,18 +38,22 @@ fn scenario(name: &str) -> String {
         .stderr(out)
         .spawn()
         .expect("run dev/faults");
-    // bounded wait for the scenario (the CI form of each takes well under a minute)
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
+    // Bounded wait for the scenario (the CI form of each takes well under a minute): the
+    // child is awaited on a thread of its own, and killed if it outlives the deadline.
+    let pid = child.id().to_string();
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait().unwrap();
+        let _ = done.send(());
+        status
+    });
+    let status = match finished.recv_timeout(Duration::from_secs(240)) {
+        Ok(()) => Some(waiter.join().unwrap()),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            let _ = waiter.join();
+            None
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
     };
     let output = std::fs::read_to_string(&out_path).unwrap_or_default();
     let verdict = output
