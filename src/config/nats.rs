@@ -204,7 +204,7 @@ impl NatsSinkConfig {
                 "must not be empty (e.g. nats://127.0.0.1:4222)".into(),
             );
         }
-        if let Err(e) = crate::sink::nats::subject::Template::parse(&self.subject) {
+        if let Err(e) = crate::sink::nats::subject::SubjectTemplate::parse(&self.subject) {
             add("subject", format!("{:?} {e}", self.subject));
         }
         if self.max_outstanding_acks == 0 {

@@ -1,6 +1,8 @@
-//! Templates over an event's [`Attrs`]: `kubewire.{cluster}.{resource}`,
-//! `{namespace}/{name}`. Used by sinks for topics, subjects and keys; parsed (and so checked)
-//! once, from the configuration, rendered per event. Rendering never fails.
+//! The one template type over an event's [`Attrs`]: `kubewire.{cluster}.{resource}`,
+//! `{namespace}/{name}`. Every sink uses it — Kafka topics and keys (values written as they
+//! are), NATS subjects (each value escaped into one subject token, see
+//! `sink::nats::subject`) — parsed (and so checked) once, from the configuration, rendered
+//! per event with the sink's own escaping. Rendering never fails.
 
 use std::fmt;
 
@@ -53,7 +55,8 @@ impl Placeholder {
         }
     }
 
-    fn value(self, a: &Attrs) -> Option<&str> {
+    /// This placeholder's value in `a` (`None`: an absent namespace or name).
+    pub fn value(self, a: &Attrs) -> Option<&str> {
         match self {
             Placeholder::Cluster => Some(&a.cluster),
             Placeholder::Group => Some(&a.group),
@@ -82,6 +85,15 @@ pub enum TemplateError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Part {
     Literal(String),
+    Var(Placeholder),
+}
+
+/// One piece of a parsed template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment<'a> {
+    /// Text written as it is.
+    Literal(&'a str),
+    /// A value substituted per event.
     Var(Placeholder),
 }
 
@@ -151,21 +163,41 @@ impl Template {
         }
     }
 
-    /// The literal text between placeholders.
-    pub fn literals(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter_map(|p| match p {
-            Part::Literal(s) => Some(s.as_str()),
-            Part::Var(_) => None,
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Its pieces, in order.
+    pub fn segments(&self) -> impl Iterator<Item = Segment<'_>> {
+        self.parts.iter().map(|p| match p {
+            Part::Literal(s) => Segment::Literal(s),
+            Part::Var(v) => Segment::Var(*v),
         })
     }
 
-    /// Renders the template for `attrs`; an absent namespace or name renders as `missing`.
+    /// The literal text between placeholders.
+    pub fn literals(&self) -> impl Iterator<Item = &str> {
+        self.segments().filter_map(|s| match s {
+            Segment::Literal(l) => Some(l),
+            Segment::Var(_) => None,
+        })
+    }
+
+    /// Renders the template for `attrs`, values as they are; an absent namespace or name
+    /// renders as `missing`.
     pub fn render(&self, attrs: &Attrs, missing: &str) -> String {
+        self.render_with(attrs, |out, value| out.push_str(value.unwrap_or(missing)))
+    }
+
+    /// Renders the template for `attrs`, each value written by the sink's `write` (its
+    /// escaping rule; `None`: an absent namespace or name).
+    pub fn render_with(&self, attrs: &Attrs, write: impl Fn(&mut String, Option<&str>)) -> String {
         let mut out = String::with_capacity(self.source.len() + 32);
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
-                Part::Var(p) => out.push_str(p.value(attrs).unwrap_or(missing)),
+                Part::Var(p) => write(&mut out, p.value(attrs)),
             }
         }
         out

@@ -26,7 +26,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::subject::Template;
+use super::subject::SubjectTemplate;
 use super::{Health, headers, too_large};
 use crate::envelope::Encoded;
 use crate::sink::{Ack, SendFuture, Sink, SinkCounters, SinkError, SinkHealth};
@@ -57,7 +57,7 @@ struct Job {
 }
 
 pub(crate) struct JetStreamSink {
-    template: Template,
+    template: SubjectTemplate,
     window: Arc<Semaphore>,
     jobs: mpsc::UnboundedSender<Job>,
     health: Arc<Health>,
@@ -68,7 +68,7 @@ pub(crate) struct JetStreamSink {
 impl JetStreamSink {
     pub(crate) fn start(
         ctx: async_nats::jetstream::Context,
-        template: Template,
+        template: SubjectTemplate,
         window: usize,
         health: Arc<Health>,
         connected: watch::Receiver<bool>,

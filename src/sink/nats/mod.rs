@@ -26,7 +26,7 @@ use bytes::Bytes;
 use super::{Ack, SendFuture, Sink, SinkError, SinkHealth};
 use crate::config::{NatsRetention, NatsSinkConfig, NatsStorage};
 use crate::envelope::Encoded;
-use subject::Template;
+use subject::SubjectTemplate;
 
 /// `Content-Type` of a structured-mode CloudEvent.
 pub const CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
@@ -36,7 +36,7 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Builds the NATS sink: connects, prepares or checks the stream, starts the publisher.
 pub async fn build(cfg: &NatsSinkConfig) -> Result<Box<dyn Sink>, SinkError> {
-    let template = Template::parse(&cfg.subject)
+    let template = SubjectTemplate::parse(&cfg.subject)
         .map_err(|e| SinkError::Config(format!("sink.subject {:?} {e}", cfg.subject)))?;
     let health = Arc::new(Health::default());
     let (connected_tx, connected_rx) = tokio::sync::watch::channel(true);
@@ -176,7 +176,7 @@ async fn options(cfg: &NatsSinkConfig) -> Result<ConnectOptions, SinkError> {
 async fn prepare_stream(
     ctx: &async_nats::jetstream::Context,
     cfg: &NatsSinkConfig,
-    template: &Template,
+    template: &SubjectTemplate,
 ) -> Result<(), SinkError> {
     let s = &cfg.stream;
     let pattern = template.wildcard();
@@ -346,7 +346,7 @@ impl Health {
 /// Core NATS: publish and forget (at most once).
 struct CoreSink {
     client: async_nats::Client,
-    template: Template,
+    template: SubjectTemplate,
     health: Arc<Health>,
 }
 

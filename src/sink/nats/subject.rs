@@ -19,6 +19,7 @@
 use std::fmt::Write as _;
 
 use crate::envelope::Attrs;
+use crate::envelope::template::{Placeholder, Segment, Template};
 
 /// The token of an empty or absent value.
 pub const EMPTY: &str = "_";
@@ -79,155 +80,88 @@ pub fn is_valid_token(token: &str) -> bool {
             .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control())
 }
 
-/// A placeholder of the template.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Var {
-    Cluster,
-    Group,
-    Version,
-    Kind,
-    Resource,
-    Namespace,
-    Name,
-}
-
-impl Var {
-    const ALL: [(&'static str, Var); 7] = [
-        ("cluster", Var::Cluster),
-        ("group", Var::Group),
-        ("version", Var::Version),
-        ("kind", Var::Kind),
-        ("resource", Var::Resource),
-        ("namespace", Var::Namespace),
-        ("name", Var::Name),
-    ];
-
-    fn value(self, a: &Attrs) -> &str {
-        match self {
-            Var::Cluster => &a.cluster,
-            Var::Group => &a.group,
-            Var::Version => &a.version,
-            Var::Kind => &a.kind,
-            Var::Resource => &a.resource,
-            Var::Namespace => a.namespace.as_deref().unwrap_or(""),
-            Var::Name => a.name.as_deref().unwrap_or(""),
-        }
-    }
-}
-
+/// A parsed subject template: the one [`Template`] type of every sink, with the rules of a
+/// NATS subject on top (non-empty tokens, no wildcards in literals, one object per subject)
+/// and NATS's escaping of every value.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Var(Var),
+pub struct SubjectTemplate {
+    template: Template,
+    /// The subject filter matching every subject it renders.
+    wildcard: String,
 }
 
-/// A parsed subject template: tokens, each a sequence of literals and placeholders.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Template {
-    source: String,
-    tokens: Vec<Vec<Part>>,
-}
-
-impl Template {
-    /// Parses and checks a template; `Err` says what is wrong.
-    pub fn parse(template: &str) -> Result<Template, String> {
-        if template.is_empty() {
+impl SubjectTemplate {
+    /// Parses and checks a subject template; `Err` says what is wrong.
+    pub fn parse(text: &str) -> Result<SubjectTemplate, String> {
+        if text.is_empty() {
             return Err("must not be empty".into());
         }
-        let mut tokens = Vec::new();
+        // Placeholders hold no '.', so the tokens can be read off the text itself.
+        if let Some(i) = text.split('.').position(str::is_empty) {
+            return Err(format!(
+                "token {} is empty (leading, trailing or doubled '.')",
+                i + 1
+            ));
+        }
+        let template = Template::parse(text, Placeholder::ALL).map_err(|e| e.to_string())?;
+        // Tokens in order; `true` where a placeholder makes the token vary.
+        let mut tokens: Vec<(String, bool)> = vec![(String::new(), false)];
         let mut has = Vec::new();
-        for (i, raw) in template.split('.').enumerate() {
-            if raw.is_empty() {
-                return Err(format!(
-                    "token {} is empty (leading, trailing or doubled '.')",
-                    i + 1
-                ));
-            }
-            let mut parts = Vec::new();
-            let mut rest = raw;
-            while !rest.is_empty() {
-                if let Some(after) = rest.strip_prefix('{') {
-                    let (name, tail) = after
-                        .split_once('}')
-                        .ok_or_else(|| format!("unclosed '{{' in {raw:?}"))?;
-                    let var = Var::ALL
-                        .iter()
-                        .find(|(n, _)| *n == name)
-                        .map(|(_, v)| *v)
-                        .ok_or_else(|| {
-                            format!(
-                                "unknown placeholder {{{name}}} (known: {})",
-                                Var::ALL
-                                    .iter()
-                                    .map(|(n, _)| format!("{{{n}}}"))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
-                        })?;
-                    has.push(var);
-                    parts.push(Part::Var(var));
-                    rest = tail;
-                } else {
-                    let end = rest.find('{').unwrap_or(rest.len());
-                    let lit = &rest[..end];
-                    if lit.contains('}') || !is_valid_token(lit) {
-                        return Err(format!(
-                            "{lit:?} is not allowed in a subject (no '*', '>', '}}' or whitespace)"
-                        ));
+        for segment in template.segments() {
+            match segment {
+                Segment::Literal(lit) => {
+                    for (i, piece) in lit.split('.').enumerate() {
+                        if i > 0 {
+                            tokens.push((String::new(), false));
+                        }
+                        if !piece.is_empty() && !is_valid_token(piece) {
+                            return Err(format!(
+                                "{piece:?} is not allowed in a subject (no '*', '>', '}}' or whitespace)"
+                            ));
+                        }
+                        tokens
+                            .last_mut()
+                            .expect("one token at least")
+                            .0
+                            .push_str(piece);
                     }
-                    parts.push(Part::Literal(lit.to_owned()));
-                    rest = &rest[end..];
+                }
+                Segment::Var(p) => {
+                    has.push(p);
+                    tokens.last_mut().expect("one token at least").1 = true;
                 }
             }
-            tokens.push(parts);
         }
-        for needed in [Var::Namespace, Var::Name] {
-            if !has.contains(&needed) {
-                return Err(
-                    "must contain {namespace} and {name}: one object, one subject (per-object order)"
-                        .into(),
-                );
-            }
+        if !(has.contains(&Placeholder::Namespace) && has.contains(&Placeholder::Name)) {
+            return Err(
+                "must contain {namespace} and {name}: one object, one subject (per-object order)"
+                    .into(),
+            );
         }
-        Ok(Template {
-            source: template.to_owned(),
-            tokens,
-        })
+        let wildcard = tokens
+            .iter()
+            .map(|(lit, var)| if *var { "*" } else { lit.as_str() })
+            .collect::<Vec<_>>()
+            .join(".");
+        Ok(SubjectTemplate { template, wildcard })
     }
 
     /// The template as written.
     pub fn as_str(&self) -> &str {
-        &self.source
+        self.template.as_str()
     }
 
-    /// The subject of an event.
+    /// The subject of an event: every value escaped into a valid token.
     pub fn render(&self, attrs: &Attrs) -> String {
-        let mut out = String::with_capacity(64);
-        for (i, token) in self.tokens.iter().enumerate() {
-            if i > 0 {
-                out.push('.');
-            }
-            for part in token {
-                match part {
-                    Part::Literal(l) => out.push_str(l),
-                    Part::Var(v) => out.push_str(&escape(v.value(attrs))),
-                }
-            }
-        }
-        out
+        self.template.render_with(attrs, |out, value| {
+            out.push_str(&escape(value.unwrap_or("")))
+        })
     }
 
     /// The template with every token holding a placeholder replaced by `*`: the subject
     /// filter matching every subject it renders.
     pub fn wildcard(&self) -> String {
-        self.tokens
-            .iter()
-            .map(|t| match t.as_slice() {
-                [Part::Literal(l)] => l.clone(),
-                _ => "*".to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join(".")
+        self.wildcard.clone()
     }
 }
 
@@ -291,7 +225,7 @@ mod tests {
 
     #[test]
     fn default_template_renders_one_subject_per_object() {
-        let t = Template::parse(crate::config::DEFAULT_NATS_SUBJECT).unwrap();
+        let t = SubjectTemplate::parse(crate::config::DEFAULT_NATS_SUBJECT).unwrap();
         assert_eq!(
             t.render(&attrs("core", Some("demo"), Some("kube-root-ca.crt"))),
             "kubewire.prod.core.ConfigMap.demo.kube-root-ca%2Ecrt"
@@ -315,9 +249,10 @@ mod tests {
 
     #[test]
     fn mixed_tokens_and_every_placeholder() {
-        let t =
-            Template::parse("x.c-{cluster}.{group}.{version}.{kind}.{resource}.{namespace}.{name}")
-                .unwrap();
+        let t = SubjectTemplate::parse(
+            "x.c-{cluster}.{group}.{version}.{kind}.{resource}.{namespace}.{name}",
+        )
+        .unwrap();
         assert_eq!(
             t.render(&attrs("apps", Some("a"), Some("b"))),
             "x.c-prod.apps.v1.ConfigMap.configmaps.a.b"
@@ -332,14 +267,15 @@ mod tests {
             ("a..{namespace}.{name}", "empty"),
             ("a.{namespace}.{name}.", "empty"),
             ("a.{nope}.{namespace}.{name}", "unknown placeholder {nope}"),
+            ("a.{cluster.{namespace}.{name}", "unclosed"),
             ("a.{name.{namespace}", "unclosed"),
             ("a.*.{namespace}.{name}", "not allowed"),
             ("a.>.{namespace}.{name}", "not allowed"),
             ("a b.{namespace}.{name}", "not allowed"),
-            ("a}.{namespace}.{name}", "not allowed"),
+            ("a}.{namespace}.{name}", "without"),
             ("kubewire.{cluster}.{name}", "{namespace} and {name}"),
         ] {
-            let e = Template::parse(t).unwrap_err();
+            let e = SubjectTemplate::parse(t).unwrap_err();
             assert!(e.contains(why), "{t:?}: {e}");
         }
     }
@@ -380,7 +316,7 @@ mod tests {
             name in proptest::option::of(any::<String>()),
             group in "[a-z.]{0,12}",
         ) {
-            let t = Template::parse(crate::config::DEFAULT_NATS_SUBJECT).unwrap();
+            let t = SubjectTemplate::parse(crate::config::DEFAULT_NATS_SUBJECT).unwrap();
             let subject = t.render(&attrs(&group, ns.as_deref(), name.as_deref()));
             let tokens: Vec<&str> = subject.split('.').collect();
             prop_assert_eq!(tokens.len(), 6);
