@@ -91,14 +91,22 @@ class Downstream:
         return None
 
     def wait_quiet(self, quiet: float, timeout: float):
+        """Returns once the output has not grown for `quiet` s; raises if it still grows
+        after `timeout` s (the verdict would be taken on a moving stream)."""
         start, last, last_change = time.monotonic(), -1, time.monotonic()
+        first = None
         while time.monotonic() - start < timeout:
             size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+            first = size if first is None else first
             if size != last:
                 last, last_change = size, time.monotonic()
             elif time.monotonic() - last_change >= quiet:
                 return
             time.sleep(0.2)
+        raise RuntimeError(
+            f"{self.path} did not go quiet: waited {timeout} s for {quiet} s without growth, "
+            f"it grew from {first} to {last} bytes, the last time "
+            f"{time.monotonic() - last_change:.1f} s ago")
 
 
 class Kubewire:
@@ -108,6 +116,9 @@ class Kubewire:
         self.binary, self.config, self.dir = binary, config, workdir
         self.proc: subprocess.Popen | None = None
         self.runs = 0
+        # kills that found kubewire running and ended it (exit by SIGKILL), counted from the
+        # exit statuses rather than from the scenario's plan
+        self.kills = 0
         self.max_rss_kb = 0
         self._stop = threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
@@ -144,7 +155,13 @@ class Kubewire:
     def kill9(self):
         self._hwm()
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        if self.proc.wait() == -signal.SIGKILL:
+            self.kills += 1
+
+    def restarts_that(self, message):
+        """How many runs after the first logged `message` at least once."""
+        return sum(1 for r in range(2, self.runs + 1)
+                   if any(msg_of(rec) == message for rec in self.logs(r)))
 
     def stop(self, timeout=40):
         self._hwm()
@@ -507,8 +524,18 @@ def fault_kill9(run: Run, o):
         time.sleep(random.uniform(o.kill_min, o.kill_max))  # a random moment, not a sync point
         run.kw.kill9()
         run.kw.start()
-    run.figures["kills"] = rounds
+    # what happened, not what was planned: kills that ended a running kubewire; restarts
+    # that resumed from the checkpoint (a run killed during its start-up may not have got
+    # that far, the last one must); restarts that listed instead (no compaction here, so
+    # every restart is inside the watch window and must resume, not relist)
+    run.figures["kills"] = run.kw.kills
     run.recovery()
+    run.figures["resumed_restarts"] = run.kw.restarts_that("resuming from checkpoint")
+    run.figures["relisted_restarts"] = run.kw.restarts_that("listing")
+    if run.kw.kills != rounds:
+        run.problems.append(f"{rounds} kills planned, {run.kw.kills} ended a running kubewire")
+    if not any(msg_of(r) == "resuming from checkpoint" for r in run.kw.logs(run.kw.runs)):
+        run.problems.append("the last restart did not resume from the checkpoint")
 
 
 def fault_kafka_outage(run: Run, o):
@@ -562,7 +589,9 @@ def fault_compaction(run: Run, o):
         stop.set()
         t.join()
     run.figures["compactions"] = count[0]
-    run.figures["kills"] = kills
+    run.figures["kills"] = run.kw.kills
+    if run.kw.kills != kills:
+        run.problems.append(f"{kills} kills made, {run.kw.kills} ended a running kubewire")
     run.recovery()
     run.figures["gone_410"] = run.kw.count_log("410 Gone")
     if run.figures["gone_410"] == 0:
