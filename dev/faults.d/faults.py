@@ -154,8 +154,9 @@ class Kubewire:
 
     def kill9(self):
         self._hwm()
+        running = self.proc.poll() is None
         self.proc.send_signal(signal.SIGKILL)
-        if self.proc.wait() == -signal.SIGKILL:
+        if self.proc.wait() == -signal.SIGKILL and running:
             self.kills += 1
 
     def restarts_that(self, message):
