@@ -410,6 +410,7 @@ pub fn assert_replay_bounded<'a>(
     }
     let mut dups = 0;
     let mut too_old = Vec::new();
+    let mut oldest = Duration::ZERO;
     for (id, n) in &copies {
         if *n < 2 {
             continue;
@@ -419,6 +420,7 @@ pub fn assert_replay_bounded<'a>(
             .first
             .get(*id)
             .unwrap_or_else(|| panic!("duplicate {id} was never seen before the final read"));
+        oldest = oldest.max(killed_at.saturating_duration_since(*first));
         if *first <= old {
             too_old.push(format!(
                 "{id} (downstream {:.1?} before the kill)",
@@ -434,6 +436,10 @@ pub fn assert_replay_bounded<'a>(
          advance behind the acknowledgements. First: {:?}",
         too_old.len(),
         &too_old[..too_old.len().min(5)]
+    );
+    eprintln!(
+        "replay after kill -9: {dups} copies, the oldest first seen {oldest:.1?} before the \
+         kill (bound {REPLAY_WINDOW:?})"
     );
     dups
 }
