@@ -93,7 +93,11 @@ fn kill9_ten_times_under_churn_loses_nothing_and_replays_with_identical_ids() {
 /// SIGKILL, not the scenario's plan: a kubewire that had already died would lower it), each
 /// was followed by a restart (`kubewire_runs`), the restarts resumed from the checkpoint
 /// and none of them listed (no compaction in this scenario: every restart is inside the
-/// watch window, invariant 4).
+/// watch window, invariant 4), and every stream's checkpoint advanced between restarts
+/// (`checkpoints_advanced`, 8 streams: 4 namespaces × 2 resources). The scenario also fails
+/// on its own when a restart resumed from behind an event that was downstream more than
+/// 1 s before the kill (`replay_checked` counts those checks; kills of runs younger than
+/// that window are not checked, so it may be 0 in a short run and is not asserted).
 fn assert_kill9_restarts_resumed(v: &str) {
     let kills: u32 = figure(v, "kills").parse().expect("kills is a number");
     assert_eq!(kills, 10, "every planned kill found kubewire running: {v}");
@@ -107,6 +111,15 @@ fn assert_kill9_restarts_resumed(v: &str) {
         figure(v, "relisted_restarts"),
         "0",
         "no restart listed instead of resuming: {v}"
+    );
+    assert_eq!(
+        figure(v, "checkpoints_advanced"),
+        "8",
+        "every stream's checkpoint advanced: {v}"
+    );
+    assert!(
+        figure(v, "replay_checked").parse::<u32>().is_ok(),
+        "the replay bound was evaluated: {v}"
     );
 }
 
