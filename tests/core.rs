@@ -4,9 +4,13 @@
 mod common;
 mod harness;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use harness::{
-    Kubewire, change, check_duplicates, cluster_configmaps, configmap, fresh_namespace,
-    object_events, replay,
+    Kubewire, REPLAY_WINDOW, Sightings, assert_replay_bounded, change, check_duplicates,
+    cluster_configmaps, configmap, fresh_namespace, object_events, replay,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::Api;
@@ -382,11 +386,15 @@ async fn kill9_during_a_burst_then_restart_replays_to_the_cluster_state() {
     let mut kw = Kubewire::start(dir.path(), &configmaps_in(&ns));
     kw.wait_log(60, 1, "initial list done", 1).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns[0]);
+    // The writer runs until told to stop, so the kill lands in the middle of its burst.
+    let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
         let api = api.clone();
+        let stop = stop.clone();
         async move {
             let pp = PostParams::default();
-            for i in 0..600u32 {
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
                 let name = format!("cm-{}", i % 40);
                 match i % 5 {
                     0..=2 => {
@@ -417,21 +425,55 @@ async fn kill9_during_a_burst_then_restart_replays_to_the_cluster_state() {
                         let _ = api.delete(&name, &DeleteParams::default()).await;
                     }
                 }
+                i += 1;
             }
+            i
         }
     });
-    kw.wait_events(60, "some events before the kill", |ev| ev.len() >= 20)
-        .await;
+    // Watch the output until enough events have been downstream for longer than the replay
+    // window: those are the ones the kill must not replay.
+    let mut seen = Sightings::default();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ev = kw.events();
+        seen.saw(ev.iter().map(|e| e["id"].as_str().unwrap()));
+        if seen.older_than(REPLAY_WINDOW) >= 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within 90s: 20 events downstream for {REPLAY_WINDOW:?} (output in {})",
+            dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(!writer.is_finished(), "the kill must land during the burst");
+    let killed_at = Instant::now();
     kw.kill9();
-    writer.await.unwrap();
+    let before_restart = kw.events().len();
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
     kw.restart();
+    kw.wait_log(60, 2, "resuming from checkpoint", 1).await;
     let cluster = cluster_configmaps(&client, &[&ns[0]]).await;
     let events = kw
         .wait_events(90, "replay equals the cluster", |ev| replay(ev) == cluster)
         .await;
+    // identical copies (same id, same content) ...
     let dups = check_duplicates(&events);
-    eprintln!("kill -9: {} events, {dups} duplicates", events.len());
+    // ... and only of what was in flight or acknowledged after the last commit
+    seen.saw(events.iter().map(|e| e["id"].as_str().unwrap()));
+    let replayed = assert_replay_bounded(
+        events.iter().map(|e| e["id"].as_str().unwrap()),
+        &seen,
+        killed_at,
+    );
+    assert_eq!(replayed, dups);
+    eprintln!(
+        "kill -9 after {writes} writes: {before_restart} events before the restart, {} in \
+         all, {dups} duplicates",
+        events.len()
+    );
 }
 
 #[tokio::test]

@@ -22,8 +22,23 @@ async fn setup(prefix: &str) -> (kube::Client, tempfile::TempDir, String) {
 fn set_commit_interval(kw: &Kubewire, ms: u64) {
     let path = kw.dir.join("config.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let text = text.replace("commitIntervalMs: 100", &format!("commitIntervalMs: {ms}"));
+    let text = replace_once(
+        &text,
+        "\n  commitIntervalMs: 100\n",
+        &format!("\n  commitIntervalMs: {ms}\n"),
+    );
     std::fs::write(&path, text).unwrap();
+}
+
+/// `text` with its one occurrence of `from` replaced by `to`; panics when `from` occurs
+/// not exactly once (an edit that changed nothing would leave the test proving nothing).
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    let n = text.matches(from).count();
+    assert_eq!(
+        n, 1,
+        "expected {from:?} exactly once, found it {n} times in:\n{text}"
+    );
+    text.replacen(from, to, 1)
 }
 
 fn rv(e: &Value) -> u64 {

@@ -14,7 +14,10 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use harness::{Kubewire, cluster_configmaps, configmap, fresh_namespace, replay};
+use harness::{
+    Kubewire, REPLAY_WINDOW, Sightings, assert_replay_bounded, cluster_configmaps, configmap,
+    fresh_namespace, replay,
+};
 use kafka_util::{Reader, Record, create_topic, sink_yaml, topic_config};
 
 fn rv(e: &Value) -> u64 {
@@ -354,9 +357,20 @@ async fn restart_after_kill9_mid_burst_duplicates_carry_the_original_ce_id() {
         }
     });
     let mut reader = kafka_util::Reader::new(&topic).await;
-    reader
-        .wait(60, "events before the kill", |r| r.len() >= 40)
-        .await;
+    // Read the topic until enough records have been there for longer than the replay
+    // window: those are the ones the kill must not replay.
+    let mut seen = Sightings::default();
+    let deadline = Instant::now() + std::time::Duration::from_secs(90);
+    while seen.older_than(REPLAY_WINDOW) < 20 {
+        let records = reader.poll();
+        seen.saw(record_ids(records));
+        assert!(
+            Instant::now() < deadline,
+            "not within 90s: 20 records in {topic} for {REPLAY_WINDOW:?}"
+        );
+    }
+    assert!(!writer.is_finished(), "the kill must land during the burst");
+    let killed_at = Instant::now();
     kw.kill9();
     kw.restart();
     kw.wait_log(60, 2, "resuming from checkpoint", 1).await;
@@ -390,11 +404,22 @@ async fn restart_after_kill9_mid_burst_duplicates_carry_the_original_ce_id() {
     for copies in &duplicated {
         assert!(copies.iter().all(|c| c == &copies[0]), "{copies:?}");
     }
+    // Only what was in flight or acknowledged after the last commit is produced again.
+    seen.saw(record_ids(&reader.records));
+    assert_replay_bounded(record_ids(&reader.records), &seen, killed_at);
     eprintln!(
         "kill -9 mid-burst: {} records, {} changes delivered more than once",
         reader.records.len(),
         duplicated.len()
     );
+}
+
+/// The ce_id of every record that is not a tombstone, in read order.
+fn record_ids(records: &[Record]) -> impl Iterator<Item = &str> {
+    records
+        .iter()
+        .filter(|r| r.value.is_some())
+        .map(|r| r.header("ce_id"))
 }
 
 /// The sink block for the test broker's SASL/PLAIN listener, the password in a file.

@@ -20,6 +20,8 @@ from the API server and checks:
   (same id, same content) and a relist `deleted` carrying the last published version;
 - with a churn journal: every version the workload wrote is downstream, or inside the
   range of a relist marker of its stream (history compressed, announced);
+- every line parses, except legitimate torn lines (`torn_line_problem`);
+- something was verified: object events downstream or objects in the cluster;
 and prints one verdict line with the figures; exit 1 on any violation.
 """
 
@@ -224,35 +226,91 @@ def strip(obj: dict) -> dict:
     return obj
 
 
+# How a CloudEvents document from kubewire opens (src/envelope: `specversion`, then `id`).
+ENVELOPE_OPENING = '{"specversion":"1.0","id":"'
+
+
+def torn_line_problem(line: str, later_ids: set, last: bool):
+    """None when unparsable line `line` of a file sink's output is a legitimate torn line,
+    else what is wrong with it.
+
+    The rule (src/sink/lines.rs): kill -9 in the middle of a write leaves a partial last
+    line; when kubewire opens the file again it ends that line with a newline and appends
+    after it. The torn event was not acknowledged, so it is not in the checkpoint and the
+    restarted kubewire publishes it again. So an unparsable line is legitimate when it is
+    the file's last line (killed, not restarted), or when it is the opening of an envelope
+    cut short - a prefix of `{"specversion":"1.0","id":"<id>",...` - and, if the cut came
+    after the id, a complete event with that id follows later in the file (the replay).
+    Anything else (garbage, a line that is not an envelope, a torn event never replayed)
+    is a violation."""
+    if last:
+        return None
+    n = len(ENVELOPE_OPENING)
+    if len(line) <= n:
+        return None if ENVELOPE_OPENING.startswith(line) else "not the opening of an event"
+    if not line.startswith(ENVELOPE_OPENING):
+        return "not the opening of an event"
+    end = line.find('"', n)
+    if end < 0:
+        return None  # cut inside the id: nothing more to check
+    eid = line[n:end]
+    if eid not in later_ids:
+        return f"torn event {eid} was never published again after it"
+    return None
+
+
 def load_records(args):
-    """[(group, value-or-None, key-or-None)] in per-group order. Groups: file; NATS epoch;
-    Kafka (epoch, partition). All events of one key are in one group."""
-    out, torn, gaps = [], 0, 0
+    """([(group, value-or-None, key-or-None)] in per-group order, torn lines, capture gaps,
+    [problems]). Groups: file; NATS epoch; Kafka (epoch, partition). All events of one key
+    are in one group. Problems are unparsable lines that are not legitimate torn lines."""
+    out, torn, gaps, problems = [], 0, 0, []
     if args.file:
         with open(args.file, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                line = line.rstrip("\n")
-                if line:
-                    out.append((("file",), line, None))
-        return out, torn, gaps
+            lines = [(i + 1, line.rstrip("\n")) for i, line in enumerate(f)]
+        lines = [(no, line) for no, line in lines if line]
+        parsed = []
+        for no, line in lines:
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                e = None
+            parsed.append((no, line, e))
+        later_ids: set = set()
+        for i in range(len(parsed) - 1, -1, -1):
+            no, line, e = parsed[i]
+            if e is None:
+                why = torn_line_problem(line, later_ids, last=i == len(parsed) - 1)
+                if why is None:
+                    torn += 1
+                else:
+                    problems.append(f"{args.file}:{no}: unparsable line: {why}: {line[:120]!r}")
+            elif isinstance(e, dict):
+                later_ids.add(e.get("id"))
+        out = [(("file",), line, None) for _, line, e in parsed if e is not None]
+        return out, torn, gaps, problems
     recs = []
     with open(args.capture) as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
+        lines = f.readlines()
+    for i, line in enumerate(lines):
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            # the collector writes whole lines: only its last one can be cut short (killed)
+            if i == len(lines) - 1:
                 torn += 1
-                continue
-            if "value" not in r:
-                continue
-            if "gap_from" in r:
-                gaps += r.get("seq", r.get("offset", 0)) - r["gap_from"]
-            if "partition" in r:
-                recs.append(((r["epoch"], r["partition"]), r["offset"], r["value"], r["key"]))
             else:
-                recs.append(((r["epoch"],), r["seq"], r["value"], None))
+                problems.append(f"{args.capture}:{i + 1}: unparsable capture line {line[:120]!r}")
+            continue
+        if "value" not in r:
+            continue
+        if "gap_from" in r:
+            gaps += r.get("seq", r.get("offset", 0)) - r["gap_from"]
+        if "partition" in r:
+            recs.append(((r["epoch"], r["partition"]), r["offset"], r["value"], r["key"]))
+        else:
+            recs.append(((r["epoch"],), r["seq"], r["value"], None))
     recs.sort(key=lambda r: (r[0], r[1]))
-    return [(g, v, k) for g, _, v, k in recs], torn, gaps
+    return [(g, v, k) for g, _, v, k in recs], torn, gaps, problems
 
 
 class Verdict:
@@ -267,7 +325,9 @@ def verify(args):
     from kube import Kube, resource_path
 
     v = Verdict()
-    records, torn_capture, seq_gaps = load_records(args)
+    records, torn_lines, seq_gaps, unparsable = load_records(args)
+    for prob in unparsable:
+        v.bad("unparsable", prob)
     seen_ids: dict[str, dict] = {}
     uid_last: dict[str, dict] = {}  # uid -> last (deduplicated) event
     uid_max: dict[str, int] = {}
@@ -288,7 +348,11 @@ def verify(args):
         try:
             e = json.loads(value)
         except json.JSONDecodeError:
-            c["torn"] += 1  # a file sink's torn line after kill -9 (replayed later)
+            # a message kubewire published whole (file lines are sorted out by load_records)
+            v.bad("unparsable", f"message {c['messages']} of {group}: {value[:120]!r}")
+            continue
+        if not isinstance(e, dict):
+            v.bad("unparsable", f"message {c['messages']} of {group} is not an object: {value[:120]!r}")
             continue
         eid, typ = e.get("id"), e.get("type", "")
         if eid in seen_ids:
@@ -307,6 +371,12 @@ def verify(args):
                     continue
                 if first.get(fld) != e.get(fld):
                     v.bad("duplicate-differs", f"{eid}: {fld}")
+            # A copy is what lands last under its object and key as much as the first one
+            # was: a stale copy after newer versions leaves the key at the stale state, and
+            # the final-state checks below must see that.
+            if typ.startswith(OBJ) and e.get("k8suid"):
+                uid_last[e["k8suid"]] = e
+                key_last[(e.get("k8sresource"), e.get("k8snamespace"), e.get("k8sname"))] = e
             continue
         seen_ids[eid] = e
         if typ == RELISTED:
@@ -406,6 +476,10 @@ def verify(args):
                     continue
                 v.bad("lost", f"write {j['op']} {j['res']} {j['ns']}/{j['name']} uid {j['uid']} "
                               f"rv {rv}: not downstream, not in a relist range")
+    if c["object_events"] == 0 and c["cluster_objects"] == 0:
+        v.bad("nothing-verified", f"no object events in {args.file or args.capture} and no "
+                                  f"{args.resources} in namespaces {args.namespaces}: "
+                                  "nothing was verified (wrong input or namespaces?)")
     for prob in args.problem or []:
         v.bad("scenario", prob)
     if seq_gaps:
@@ -427,7 +501,7 @@ def verify(args):
         "initial": c["origin_initial"],
         "compressed_versions": c["compressed"],
         "tombstones": c["tombstones"],
-        "torn_lines": c["torn"] + torn_capture,
+        "torn_lines": torn_lines,
         "cluster_objects": c["cluster_objects"],
         "deleted_objects": c["deleted_objects"],
         "churn_writes": c["journal_writes"],

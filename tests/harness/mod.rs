@@ -342,3 +342,104 @@ pub async fn http_get(address: &str, path: &str) -> (u16, String) {
         .expect("status code");
     (code, body.to_owned())
 }
+
+/// How long after an event reached the sink a kill -9 may still replay it on restart.
+///
+/// The bound, from the publisher (src/app/publish.rs) and the harness's config: an event the
+/// sink has acknowledged is in the checkpoint after the next commit tick (`commitIntervalMs:
+/// 100`) plus the time that commit takes (a redb fsync). An event downstream but not yet
+/// acknowledged is one of at most `MAX_IN_FLIGHT` (4096) sends in flight; the file sink
+/// acknowledges a batch as soon as it has flushed it and Kafka as soon as the broker has
+/// it, so an event a reader *sees* downstream is acknowledged moments later — the in-flight
+/// limit bounds how many, not how long. So an event that was visible downstream more than
+/// one commit interval before the kill (plus slack for a commit on a loaded 2-core CI
+/// machine) must not be replayed. The 2 s used here are 20 commit intervals: generous
+/// against scheduling noise, yet a checkpoint that stopped advancing replays everything
+/// since its last commit and fails at once (see [`assert_replay_bounded`]).
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(2);
+
+/// When a test first saw each event id downstream. Sightings are taken by polling, so each
+/// is at or after the moment the event reached the sink: "seen before t" implies "at the
+/// sink before t", which is the direction the replay bound needs.
+#[derive(Default)]
+pub struct Sightings {
+    first: HashMap<String, std::time::Instant>,
+}
+
+impl Sightings {
+    /// Records every id in `events` not seen before, as seen now.
+    pub fn saw<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
+        let now = std::time::Instant::now();
+        for id in ids {
+            self.first.entry(id.to_owned()).or_insert(now);
+        }
+    }
+
+    /// How many ids had been seen at least `age` ago.
+    pub fn older_than(&self, age: Duration) -> usize {
+        let Some(t) = std::time::Instant::now().checked_sub(age) else {
+            return 0;
+        };
+        self.first.values().filter(|s| **s <= t).count()
+    }
+}
+
+/// The replay bound after a kill -9 at `killed_at` (see [`REPLAY_WINDOW`]): every id that
+/// reached the sink more than once was first seen downstream less than `REPLAY_WINDOW`
+/// before the kill, i.e. it was at most in flight or acknowledged within the last commit
+/// interval. Also requires that some events *were* older than the window at the kill
+/// (otherwise the assertion proves nothing). `ids` is every event id downstream, copies
+/// included. Returns the number of duplicate copies.
+pub fn assert_replay_bounded<'a>(
+    ids: impl IntoIterator<Item = &'a str>,
+    sightings: &Sightings,
+    killed_at: std::time::Instant,
+) -> usize {
+    let old = killed_at
+        .checked_sub(REPLAY_WINDOW)
+        .expect("the test ran longer than the replay window");
+    let settled = sightings.first.values().filter(|s| **s <= old).count();
+    assert!(
+        settled >= 10,
+        "only {settled} events were downstream {REPLAY_WINDOW:?} before the kill: the \
+         replay bound would prove nothing"
+    );
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for id in ids {
+        *copies.entry(id).or_default() += 1;
+    }
+    let mut dups = 0;
+    let mut too_old = Vec::new();
+    let mut oldest = Duration::ZERO;
+    for (id, n) in &copies {
+        if *n < 2 {
+            continue;
+        }
+        dups += n - 1;
+        let first = sightings
+            .first
+            .get(*id)
+            .unwrap_or_else(|| panic!("duplicate {id} was never seen before the final read"));
+        oldest = oldest.max(killed_at.saturating_duration_since(*first));
+        if *first <= old {
+            too_old.push(format!(
+                "{id} (downstream {:.1?} before the kill)",
+                killed_at.duration_since(*first)
+            ));
+        }
+    }
+    too_old.sort();
+    assert!(
+        too_old.is_empty(),
+        "kill -9 replayed {} of the {settled} events that were downstream more than \
+         {REPLAY_WINDOW:?} before it (commit interval 100 ms): the checkpoint did not \
+         advance behind the acknowledgements. First: {:?}",
+        too_old.len(),
+        &too_old[..too_old.len().min(5)]
+    );
+    eprintln!(
+        "replay after kill -9: {dups} copies, the oldest first seen {oldest:.1?} before the \
+         kill (bound {REPLAY_WINDOW:?})"
+    );
+    dups
+}
