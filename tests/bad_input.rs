@@ -328,7 +328,7 @@ proptest! {
         ],
         attrs in attrs_strategy(),
     ) {
-        if let Ok(t) = subject::Template::parse(&text) {
+        if let Ok(t) = subject::SubjectTemplate::parse(&text) {
             let s = t.render(&attrs);
             prop_assert!(!s.is_empty());
             prop_assert!(s.split('.').all(subject::is_valid_token), "{}", s);
