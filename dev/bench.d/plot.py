@@ -8,8 +8,8 @@ Writes (to OUT_DIR, default the first RESULTS_DIR):
                     and the bare-watch floor)
   rss-relist.png    RSS over time during the initial sync of the largest N
   throughput.png    relist events/s per tool and N, and churn delivered/s per rate
-Run it with the bench venv's Python (dev/bench creates it):
-  ~/.cache/kubewire/bench-venv/bin/python dev/bench.d/plot.py target/bench/<run>... -o docs/benchmarks
+Run it in the bench's Python environment (dev/checker/run creates it):
+  KUBEWIRE_PY_REQUIREMENTS=requirements-bench.txt dev/checker/run "$PWD/dev/bench.d/plot.py" target/bench/<run>... -o docs/benchmarks
 """
 
 import json
