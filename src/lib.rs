@@ -12,7 +12,7 @@
 //! - [`config`]: the configuration file, environment overrides and validation.
 //! - [`cluster`]: kube clients per cluster and resource discovery.
 //! - [`watch`]: the List-Watch state machine (resume, paginated list, bookmarks, 410,
-//!   idle restarts); the relist diff it applies is [`checkpoint::reconcile`].
+//!   idle restarts); the relist diff it applies is [`mod@checkpoint::reconcile`].
 //! - [`event`]: the change types, keys and deterministic ids.
 //! - [`transform`]: managedFields / last-applied stripping, Secret redaction.
 //! - [`envelope`]: CloudEvents encoding (pure).
@@ -24,6 +24,7 @@
 //! - [`telemetry`]: metrics, health, the admin server.
 //! - [`app`]: wires the stages, shutdown and drain.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod app;
 pub mod checkpoint;

@@ -27,18 +27,27 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Sends a stream may have outstanding at the sink before it waits for acknowledgements.
 const MAX_IN_FLIGHT: usize = 4096;
 
+/// What makes [`run`] fail at startup, or keeps one stream from starting (then logged, and
+/// the other streams run).
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// The checkpoint store or the redaction key file cannot be opened, or a stream's
+    /// checkpoint cannot be loaded.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The configured sink cannot be built.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// A stream's transforms cannot be set up.
     #[error(transparent)]
     Transform(#[from] TransformError),
+    /// The admin server cannot listen.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
+    /// Under leader election: no client for the cluster that holds the Lease.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The lease manager cannot start.
     #[error("leader election: {0}")]
     Leader(#[from] kube_lease_manager::LeaseManagerError),
 }

@@ -88,7 +88,7 @@ impl SentEntry {
 /// A stream's view of what it has sent, as its watch loop keeps it: the index of what was
 /// sent (acknowledged or not), and the versions in doubt after a crash (handed to the sink,
 /// maybe downstream, not in the committed index). The watch loop records every change it
-/// sends; the relist diff ([`super::reconcile`]) reads it.
+/// sends; the relist diff ([`mod@super::reconcile`]) reads it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Index {
     sent: HashMap<String, IndexEntry>,

@@ -4,7 +4,7 @@
 //!
 //! - [`index`]: the index entries, the write-ahead rows, and the watch loop's view
 //!   ([`Index`]) of what it has sent;
-//! - [`reconcile`]: the pure relist diff (invariant 5);
+//! - [`mod@reconcile`]: the pure relist diff (invariant 5);
 //! - [`progress`]: what an acknowledged item does to the checkpoint, and what is
 //!   acknowledged but not committed yet;
 //! - the embedded backend, [`Store`] (a redb file).
@@ -27,41 +27,65 @@ pub use store::{FORMAT_VERSION, Store};
 pub enum CheckpointError {
     /// redb's file lock is held (by another process or another `Store` in this one).
     #[error("checkpoint store {} is in use (is another kubewire running?)", path.display())]
-    InUse { path: PathBuf },
+    InUse {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// redb cannot open or create the store file (other than a held lock).
     #[error("cannot open checkpoint store {}: {source}", path.display())]
     Open {
+        /// The store file.
         path: PathBuf,
+        /// redb's error.
         #[source]
         source: redb::DatabaseError,
     },
+    /// The store was written by a newer kubewire (a higher [`FORMAT_VERSION`]).
     #[error(
         "checkpoint store {} has format version {found}, but this kubewire supports up to {supported}; use a newer kubewire or another checkpoint.path",
         path.display()
     )]
     UnsupportedFormat {
+        /// The store file.
         path: PathBuf,
+        /// The format version the store records.
         found: u64,
+        /// The highest format version this build reads.
         supported: u64,
     },
+    /// A read or write transaction of the open store failed.
     #[error("checkpoint store {}: {source}", path.display())]
     Storage {
+        /// The store file.
         path: PathBuf,
+        /// redb's error.
         #[source]
         source: Box<redb::Error>,
     },
+    /// A stored record does not decode.
     #[error("checkpoint store {}: corrupt record {key:?}: {source}", path.display())]
     Corrupt {
+        /// The store file.
         path: PathBuf,
+        /// The stream key the record belongs to.
         key: String,
+        /// The decoding error.
         #[source]
         source: serde_json::Error,
     },
+    /// A stream key that is empty or contains NUL (NUL separates stream key and uid in the
+    /// store's keys).
     #[error("invalid stream key {0:?}: must be non-empty and contain no NUL character")]
     InvalidStreamKey(String),
+    /// A file operation around the store failed: creating its directory, reading or writing
+    /// the redaction key file.
     #[error("{action} {}: {source}", path.display())]
     Io {
+        /// What was attempted, as the message's start.
         action: &'static str,
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },

@@ -12,7 +12,9 @@ use crate::config::LeaderElectionConfig;
 pub struct Elector {
     rx: watch::Receiver<bool>,
     task: JoinHandle<Result<kube_lease_manager::LeaseManager, LeaseManagerError>>,
+    /// This replica's holder identity on the Lease (see [`identity`]).
     pub identity: String,
+    /// The Lease competed for, as `namespace/name` (for logs).
     pub lease: String,
 }
 

@@ -12,48 +12,74 @@ use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope, verbs};
 use crate::config::{ClusterConfig, ResourceRef};
 use crate::event::ResourceInfo;
 
+/// Errors of this stage: a cluster that cannot be reached or configured, or a configured
+/// resource name that does not resolve to exactly one watchable resource.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// The cluster's kubeconfig (or the configured context in it) cannot be read or used.
     #[error("cluster {cluster:?}: cannot read kubeconfig: {source}")]
     Kubeconfig {
+        /// The configured cluster name.
         cluster: String,
+        /// kube's error.
         #[source]
         source: kube::config::KubeconfigError,
     },
+    /// No kubeconfig given and neither KUBECONFIG, ~/.kube/config nor the in-cluster
+    /// environment yields a configuration.
     #[error(
         "cluster {cluster:?}: no usable configuration (KUBECONFIG, ~/.kube/config or in-cluster): {source}"
     )]
     Infer {
+        /// The configured cluster name.
         cluster: String,
+        /// kube's error.
         #[source]
         source: kube::config::InferConfigError,
     },
+    /// The configuration is found but no client can be built from it (e.g. bad TLS data).
     #[error("cluster {cluster:?}: cannot build a client: {source}")]
     Client {
+        /// The configured cluster name.
         cluster: String,
+        /// kube's error.
         #[source]
         source: kube::Error,
     },
+    /// Neither aggregated discovery nor the per-group walk succeeded.
     #[error("cluster {cluster:?}: discovery failed: {source}")]
     Discovery {
+        /// The configured cluster name.
         cluster: String,
+        /// The per-group walk's error.
         #[source]
         source: kube::Error,
     },
+    /// No served resource matches the configured name (at the preferred version unless a
+    /// version is given).
     #[error("unknown resource {name:?}{}", did_you_mean(.suggestion))]
     Unknown {
+        /// The name as configured.
         name: String,
+        /// The closest watchable resource name (edit distance ≤ 3); `None`: nothing close.
         suggestion: Option<String>,
     },
+    /// The name matches several resources, none of them in the core group (which would win).
     #[error("resource {name:?} is ambiguous: it matches {}; qualify it with its group", .candidates.join(", "))]
     Ambiguous {
+        /// The name as configured.
         name: String,
+        /// The matching resources, as `resource.group (apiVersion)`.
         candidates: Vec<String>,
     },
+    /// The name resolves, but the resource lacks the `list` or the `watch` verb.
     #[error("resource {name:?} ({resolved}) cannot be listed and watched (verbs: {verbs})")]
     NotWatchable {
+        /// The name as configured.
         name: String,
+        /// What it resolved to, as `resource.group (apiVersion)`.
         resolved: String,
+        /// The verbs the resource does serve, comma-separated.
         verbs: String,
     },
 }
@@ -114,13 +140,16 @@ pub async fn connect(cfg: &ClusterConfig) -> Result<kube::Client, ClusterError> 
 /// One resource the cluster serves, as discovery reported it.
 #[derive(Clone, Debug)]
 pub struct CatalogEntry {
+    /// The resource, at this version.
     pub info: ResourceInfo,
+    /// The verbs it serves (`list`, `watch`, `get`, ...).
     pub verbs: Vec<String>,
     /// Served at its group's preferred version.
     pub preferred: bool,
 }
 
 impl CatalogEntry {
+    /// Whether it serves both `list` and `watch` (what a stream needs).
     pub fn watchable(&self) -> bool {
         self.verbs.iter().any(|v| v == verbs::LIST) && self.verbs.iter().any(|v| v == verbs::WATCH)
     }
@@ -144,6 +173,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Reads everything `client`'s cluster serves: aggregated discovery, else a walk of the
+    /// groups.
     pub async fn discover(cluster: &str, client: &kube::Client) -> Result<Self, ClusterError> {
         // Aggregated discovery is one request for all groups: a group that appears or
         // disappears meanwhile (a CRD being created or deleted) cannot fail it half-way, as
@@ -173,6 +204,7 @@ impl Catalog {
         Ok(Self::from_entries(entries))
     }
 
+    /// A catalog of the given entries (sorted by group, resource, version).
     pub fn from_entries(mut entries: Vec<CatalogEntry>) -> Self {
         entries.sort_by(|a, b| {
             (&a.info.group, &a.info.resource, &a.info.version).cmp(&(
@@ -184,6 +216,7 @@ impl Catalog {
         Self { entries }
     }
 
+    /// Every entry, sorted by group, resource, version.
     pub fn entries(&self) -> &[CatalogEntry] {
         &self.entries
     }

@@ -88,10 +88,15 @@ pub struct ResourceKafkaConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KafkaCompression {
+    /// Uncompressed batches.
     None,
+    /// gzip.
     Gzip,
+    /// Snappy.
     Snappy,
+    /// LZ4.
     Lz4,
+    /// Zstandard (the default).
     #[default]
     Zstd,
 }
@@ -124,10 +129,14 @@ pub enum OnOversize {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KafkaSecurityProtocol {
+    /// No TLS, no authentication (the default).
     #[default]
     Plaintext,
+    /// TLS, no SASL.
     Ssl,
+    /// SASL authentication without TLS.
     SaslPlaintext,
+    /// SASL authentication over TLS.
     SaslSsl,
 }
 
@@ -142,6 +151,7 @@ impl KafkaSecurityProtocol {
         }
     }
 
+    /// Whether the protocol authenticates with SASL (so `sink.sasl` is needed).
     pub fn uses_sasl(self) -> bool {
         matches!(
             self,
@@ -149,6 +159,7 @@ impl KafkaSecurityProtocol {
         )
     }
 
+    /// Whether the protocol runs over TLS (so `sink.tls` applies).
     pub fn uses_tls(self) -> bool {
         matches!(
             self,

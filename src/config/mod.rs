@@ -48,7 +48,9 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read configuration file {}: {source}", path.display())]
     Read {
+        /// The configuration file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -60,7 +62,12 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
     /// A `resource` string that is not one of the accepted forms.
     #[error("invalid resource {input:?}: {reason}")]
-    InvalidResource { input: String, reason: String },
+    InvalidResource {
+        /// The string as configured.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl ConfigError {
@@ -92,6 +99,7 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A problem at `path` (empty: the whole file).
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
@@ -113,7 +121,9 @@ impl fmt::Display for Problem {
 /// File formats, chosen by extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// `.yaml` or `.yml`.
     Yaml,
+    /// `.toml`.
     Toml,
 }
 

@@ -32,9 +32,12 @@ pub const RELISTED_TYPE: &str = "io.kubewire.stream.relisted";
 /// Errors of the envelope stage.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
+    /// serde_json cannot write the document (not expected: its parts are JSON already).
     #[error("cannot encode event {id} as JSON: {source}")]
     Json {
+        /// The event's id.
         id: String,
+        /// serde_json's error.
         #[source]
         source: serde_json::Error,
     },
@@ -70,10 +73,13 @@ pub struct Encoded {
 /// sinks' templates. Same conventions as the document (`core` for the core group).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Attrs {
+    /// The configured cluster name.
     pub cluster: String,
     /// `core` for the core group.
     pub group: String,
+    /// The served version of the stream's resource, e.g. `v1`.
     pub version: String,
+    /// The kind, e.g. `ConfigMap`.
     pub kind: String,
     /// Plural resource name, e.g. `configmaps`.
     pub resource: String,

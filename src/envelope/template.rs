@@ -11,12 +11,19 @@ use super::Attrs;
 /// One `{placeholder}` of a template.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placeholder {
+    /// `{cluster}`: the configured cluster name.
     Cluster,
+    /// `{group}`: the API group, `core` for the core group.
     Group,
+    /// `{version}`: the served version, e.g. `v1`.
     Version,
+    /// `{kind}`: e.g. `ConfigMap`.
     Kind,
+    /// `{resource}`: the plural resource name, e.g. `configmaps`.
     Resource,
+    /// `{namespace}`: the object's namespace (a marker's: the stream's); may be absent.
     Namespace,
+    /// `{name}`: the object's name; absent for relist markers.
     Name,
 }
 
@@ -43,6 +50,7 @@ impl Placeholder {
         Placeholder::Namespace,
     ];
 
+    /// The name between the braces.
     pub fn as_str(self) -> &'static str {
         match self {
             Placeholder::Cluster => "cluster",
@@ -72,14 +80,23 @@ impl Placeholder {
 /// Why a template string is not a template.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
+    /// The empty string.
     #[error("is empty")]
     Empty,
+    /// A `{` with no `}` before the next `{` or the end; the byte offset of the `{`.
     #[error("has an unclosed '{{' at byte {0}")]
     Unclosed(usize),
+    /// A `}` outside a placeholder; its byte offset.
     #[error("has a '}}' without '{{' at byte {0}")]
     Unopened(usize),
+    /// A placeholder not among those allowed where the template is used.
     #[error("has an unknown placeholder {{{name}}} (expected one of {expected})")]
-    Unknown { name: String, expected: String },
+    Unknown {
+        /// The name between the braces.
+        name: String,
+        /// The allowed placeholders, as `{cluster}, {group}, ...`.
+        expected: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

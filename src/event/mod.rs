@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 /// Errors of this stage: an object the API server sent that cannot become a change.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
+    /// The object lacks `metadata`, or one of `metadata.uid`, `.name`, `.resourceVersion`
+    /// (the field named).
     #[error("object has no metadata.{0}")]
     MissingField(&'static str),
 }
@@ -20,10 +22,13 @@ pub enum EventError {
 pub struct ResourceInfo {
     /// API group, empty for the core group.
     pub group: String,
+    /// API version within the group, e.g. `v1`: the preferred one discovery resolved.
     pub version: String,
     /// Plural resource name, e.g. `deployments`.
     pub resource: String,
+    /// The kind of its objects, e.g. `Deployment`.
     pub kind: String,
+    /// Whether its objects live in namespaces (`false`: cluster-scoped).
     pub namespaced: bool,
 }
 
@@ -51,11 +56,15 @@ impl ResourceInfo {
 /// index belong to exactly this identity, so changing a selector starts a new stream.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StreamId {
+    /// The configured name of the cluster watched.
     pub cluster: String,
+    /// The resource watched, as discovery resolved it.
     pub resource: ResourceInfo,
     /// `None`: all namespaces (or a cluster-scoped resource).
     pub namespace: Option<String>,
+    /// The list/watch label selector; `None`: none.
     pub label_selector: Option<String>,
+    /// The list/watch field selector; `None`: none.
     pub field_selector: Option<String>,
 }
 
@@ -95,15 +104,20 @@ impl fmt::Display for StreamId {
     }
 }
 
+/// The type of one change of one object, as published (and as part of its event id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeType {
+    /// The object appeared (or was first seen by an initial list or a relist).
     Added,
+    /// The object changed to a new resourceVersion.
     Modified,
+    /// The object is gone (a watch DELETED, or it vanished between two lists).
     Deleted,
 }
 
 impl ChangeType {
+    /// The lowercase name, as in event ids, metric labels and the configuration.
     pub fn as_str(self) -> &'static str {
         match self {
             ChangeType::Added => "added",
@@ -117,12 +131,16 @@ impl ChangeType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
+    /// A live watch event.
     Watch,
+    /// The first list of a stream without a checkpoint.
     Initial,
+    /// A reconciling relist: a list of a stream that has a checkpoint (e.g. after 410 Gone).
     Relist,
 }
 
 impl Origin {
+    /// The lowercase name, published as the `kubewireorigin` attribute.
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Watch => "watch",
@@ -135,11 +153,14 @@ impl Origin {
 /// A W3C trace context: a fresh trace per event, so consumers can continue it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceContext {
+    /// The 16-byte trace id (never all zero).
     pub trace_id: [u8; 16],
+    /// The 8-byte id of the event's span (never all zero).
     pub span_id: [u8; 8],
 }
 
 impl TraceContext {
+    /// A fresh random context, for an event whose span is not exported.
     pub fn random() -> Self {
         let mut trace_id: [u8; 16] = rand::random();
         // An all-zero id is invalid in W3C trace context.
@@ -162,9 +183,13 @@ impl TraceContext {
 /// Identity of one object version, read from its metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRef {
+    /// `metadata.uid`: what the index and the event id key the object by.
     pub uid: String,
+    /// `metadata.namespace`; `None` for a cluster-scoped object.
     pub namespace: Option<String>,
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.resourceVersion` of this version.
     pub resource_version: String,
 }
 
@@ -204,13 +229,19 @@ impl ObjectRef {
 /// One Added / Modified / Deleted change of one object.
 #[derive(Clone, Debug)]
 pub struct Change {
+    /// The stream the change belongs to.
     pub stream: Arc<StreamId>,
+    /// Added, Modified or Deleted.
     pub change: ChangeType,
+    /// Whether a watch, an initial list or a relist learned it.
     pub origin: Origin,
+    /// Identity of the object version.
     pub object: ObjectRef,
     /// The object as the API server sent it (transforms are applied later, in place).
     pub data: serde_json::Value,
+    /// When kubewire observed the change (published as the CloudEvents `time`).
     pub observed: DateTime<Utc>,
+    /// The event's trace context, published as `traceparent`.
     pub trace: TraceContext,
 }
 
@@ -230,20 +261,29 @@ impl Change {
 /// history between `from_resource_version` and `to_resource_version`.
 #[derive(Clone, Debug)]
 pub struct RelistMarker {
+    /// The stream relisted.
     pub stream: Arc<StreamId>,
     /// The last checkpointed version before the relist (`None` if there was none).
     pub from_resource_version: Option<String>,
     /// The list's resourceVersion: the stream is complete up to here after the relist events.
     pub to_resource_version: String,
+    /// Objects the relist publishes as Added.
     pub added: u64,
+    /// Objects the relist publishes as Modified.
     pub modified: u64,
+    /// Objects the relist publishes as Deleted (indexed, but no longer listed).
     pub deleted: u64,
+    /// Listed objects already indexed at their listed version (nothing published).
     pub unchanged: u64,
+    /// When the relist completed (published as the CloudEvents `time`).
     pub observed: DateTime<Utc>,
+    /// The marker's trace context, published as `traceparent`.
     pub trace: TraceContext,
 }
 
 impl RelistMarker {
+    /// `cluster/relist/<stream key hash>/<to_resource_version>`: deterministic, so a repeated
+    /// relist to the same version repeats the same id.
     pub fn id(&self) -> String {
         format!(
             "{}/relist/{}/{}",
@@ -270,11 +310,14 @@ fn sha2_prefix(s: &str) -> [u8; 8] {
 /// What flows from the watch loop to the sink.
 #[derive(Clone, Debug)]
 pub enum Event {
+    /// A change of one object.
     Object(Change),
+    /// The marker announcing a relist's changes (sent before them).
     Relisted(RelistMarker),
 }
 
 impl Event {
+    /// The deterministic event id (CloudEvents `id`).
     pub fn id(&self) -> String {
         match self {
             Event::Object(c) => c.id(),
@@ -282,6 +325,7 @@ impl Event {
         }
     }
 
+    /// The stream the event belongs to.
     pub fn stream(&self) -> &Arc<StreamId> {
         match self {
             Event::Object(c) => &c.stream,
@@ -297,6 +341,7 @@ impl Event {
         }
     }
 
+    /// The event's trace context.
     pub fn trace(&self) -> &TraceContext {
         match self {
             Event::Object(c) => &c.trace,

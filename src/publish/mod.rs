@@ -36,7 +36,9 @@ pub enum PublishError {
     /// The sink did not deliver an event (and did not reject it for good).
     #[error("event {id} not delivered: {source}")]
     NotDelivered {
+        /// The event's id.
         id: String,
+        /// Why the send or the acknowledgement failed.
         #[source]
         source: SinkError,
     },

@@ -15,12 +15,15 @@ const MAX_BATCH: usize = 1024;
 
 type Job = (Vec<u8>, oneshot::Sender<()>);
 
+/// The stdout and file sink: each event's JSON document on a line of its own, acknowledged
+/// once flushed.
 pub struct LinesSink {
     name: &'static str,
     tx: mpsc::Sender<Job>,
 }
 
 impl LinesSink {
+    /// Writes to the process's standard output.
     pub fn stdout() -> Self {
         Self::spawn("stdout", tokio::io::stdout())
     }

@@ -16,11 +16,16 @@ pub use lines::LinesSink;
 use crate::config::SinkConfig;
 use crate::envelope::Encoded;
 
+/// Errors of the sink stage: a sink that cannot be built, or an event it did not deliver.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// A file the sink needs cannot be opened or read: the JSON-lines file, or a Kafka
+    /// secret file (password, key).
     #[error("cannot open sink file {path}: {source}")]
     Open {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -40,16 +45,28 @@ pub enum SinkError {
     /// A publish failed on its way (transport), not as a rejection of the event.
     #[error("sink publish failed: {0}")]
     Publish(String),
+    /// The sink can no longer take the event, or dropped its acknowledgement (its task
+    /// ended, e.g. at shutdown).
     #[error("sink is closed")]
     Closed,
     /// A destination (Kafka topic) that does not exist and may not be created.
     #[error(
         "{sink} topic {topic:?} does not exist: create it, or set sink.createTopics.enabled: true"
     )]
-    MissingTopic { sink: &'static str, topic: String },
+    MissingTopic {
+        /// The sink's name (`kafka`).
+        sink: &'static str,
+        /// The topic name.
+        topic: String,
+    },
     /// This one event can never be delivered (e.g. too large); others are unaffected.
     #[error("event {id} rejected by the sink: {reason}")]
-    Rejected { id: String, reason: String },
+    Rejected {
+        /// The event's id.
+        id: String,
+        /// Why the destination refused it.
+        reason: String,
+    },
 }
 
 /// What became of one event handed to a sink: only a delivery, or a rejection for good of
@@ -79,6 +96,8 @@ impl Delivery {
 /// Resolves when the sink has acknowledged one event.
 pub type Ack = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
 
+/// What [`Sink::send`] returns: resolves to the event's [`Ack`] once the sink has taken it
+/// (after waiting for room).
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Ack, SinkError>> + Send + 'a>>;
 
 /// The sink contract shared by stdout, file, Kafka and NATS.
@@ -114,6 +133,7 @@ pub struct SinkCounters {
 /// Reachability of a sink's destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SinkHealth {
+    /// Reaching its destination.
     Up,
     /// Down, and why (e.g. "all brokers down since 12:01:03").
     Down(String),

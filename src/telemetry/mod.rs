@@ -23,11 +23,15 @@ pub use admin::serve;
 use crate::event::StreamId;
 use crate::sink::{Sink, SinkHealth};
 
+/// Errors of the telemetry stage.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    /// The admin server (`/metrics`, `/healthz`, `/readyz`) cannot bind its address.
     #[error("admin server cannot listen on {address}: {source}")]
     Bind {
+        /// The configured `admin.address`.
         address: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -36,13 +40,16 @@ pub enum TelemetryError {
 /// Labels of everything per stream.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
+    /// The configured cluster name.
     pub cluster: String,
+    /// The resource's qualified name, e.g. `deployments.apps`.
     pub resource: String,
     /// Empty for all namespaces / cluster-scoped.
     pub namespace: String,
 }
 
 impl StreamLabels {
+    /// The labels of stream `id` (its selectors are not among them).
     pub fn of(id: &StreamId) -> Self {
         Self {
             cluster: id.cluster.clone(),
@@ -319,12 +326,14 @@ impl Metrics {
             .inc_by(duplicates);
     }
 
+    /// Sets `kubewire_sink_up` (1 while the sink reaches its destination).
     pub fn sink_up(&self, sink: &str, up: bool) {
         self.sink_up
             .get_or_create(&SinkLabels { sink: sink.into() })
             .set(up as i64);
     }
 
+    /// Counts one `kubewire_sink_errors` of `kind` (`send`, `rejected`).
     pub fn sink_error(&self, sink: &str, kind: &str) {
         self.sink_errors
             .get_or_create(&SinkErrorLabels {
@@ -334,6 +343,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one acknowledgement, `latency` after the event was handed to the sink.
     pub fn sink_ack(&self, sink: &str, latency: Duration) {
         let l = SinkLabels { sink: sink.into() };
         self.sink_acks.get_or_create(&l).inc();
@@ -342,6 +352,7 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// Counts one Kubernetes API request (`code` 0: no HTTP answer) and records its latency.
     pub fn api_request(&self, cluster: &str, verb: &str, code: u16, latency: Duration) {
         self.api_requests
             .get_or_create(&ApiLabels {
@@ -364,7 +375,9 @@ impl Metrics {
 pub struct StreamMetrics {
     metrics: Arc<Metrics>,
     labels: StreamLabels,
+    /// `kubewire_events_in_flight`: handed to the sink, not acknowledged yet.
     pub in_flight: Gauge,
+    /// `kubewire_objects_tracked`: objects in the stream's index.
     pub tracked: Gauge,
     checkpoint_lag: Gauge,
     /// The newest resourceVersion seen (as an etcd revision), for the lag gauge.
@@ -372,10 +385,12 @@ pub struct StreamMetrics {
 }
 
 impl StreamMetrics {
+    /// The process-wide metrics (for the sink's, which are not per stream).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
+    /// Counts one event acknowledged by the sink, by type and origin.
     pub fn published(&self, change: &str, origin: &str) {
         self.metrics
             .published
@@ -387,6 +402,7 @@ impl StreamMetrics {
             .inc();
     }
 
+    /// Counts one list or watch request started, by cause.
     pub fn watch_start(&self, cause: &str) {
         self.metrics
             .watch_starts
@@ -397,6 +413,7 @@ impl StreamMetrics {
             .inc();
     }
 
+    /// Counts one reconciling relist and the objects it publishes, by change.
     pub fn relisted(&self, added: u64, modified: u64, deleted: u64) {
         self.metrics.relists.get_or_create(&self.labels).inc();
         for (change, n) in [
@@ -452,10 +469,12 @@ impl StreamMetrics {
         self.initial_sync_gauge(state).set(n);
     }
 
+    /// Adds one to the `listed` or `published` count of the current list.
     pub fn initial_sync_add(&self, state: &str) {
         self.initial_sync_gauge(state).inc();
     }
 
+    /// Sets `kubewire_stream_ready`: 1 once the first sync completed and while not failing.
     pub fn ready(&self, ready: bool) {
         self.metrics
             .stream_ready
@@ -463,6 +482,7 @@ impl StreamMetrics {
             .set(ready as i64);
     }
 
+    /// [`Metrics::api_request`] for this stream's cluster.
     pub fn api_request(&self, verb: &str, code: u16, latency: Duration) {
         self.metrics
             .api_request(&self.labels.cluster, verb, code, latency);
@@ -628,7 +648,9 @@ impl Health {
 /// What the stages share: metrics and health.
 #[derive(Default)]
 pub struct Telemetry {
+    /// What `/metrics` exports.
     pub metrics: Arc<Metrics>,
+    /// What `/healthz` and `/readyz` report.
     pub health: Health,
 }
 

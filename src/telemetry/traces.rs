@@ -39,20 +39,33 @@ pub const TARGET: &str = "kubewire::otel";
 /// The log filter directive that keeps exported spans out of the log output.
 pub const LOG_DIRECTIVE: &str = "kubewire::otel=off";
 
-/// Span names, for documentation and tests (the span macros need literals).
+// Span names, for documentation and tests (the span macros need literals).
+
+/// One published event, from its arrival in the watch loop to the sink's acknowledgement.
 pub const EVENT_SPAN: &str = "kubewire.event";
+/// Child of an event span: the transforms applied to its object.
 pub const TRANSFORM_SPAN: &str = "kubewire.transform";
+/// Child of an event span: the CloudEvents encoding.
 pub const ENCODE_SPAN: &str = "kubewire.encode";
+/// Child of an event span (a producer span): from the hand-over to the sink to its
+/// acknowledgement.
 pub const PUBLISH_SPAN: &str = "kubewire.publish";
+/// A list (every page) of a stream without a checkpoint.
 pub const LIST_SPAN: &str = "kubewire.list";
+/// A reconciling relist (every page) of a stream with a checkpoint.
 pub const RELIST_SPAN: &str = "kubewire.relist";
+/// One watch request, with the cause of the (re)start.
 pub const WATCH_SPAN: &str = "kubewire.watch";
 
+/// Errors of trace export set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum TracesError {
+    /// The OTLP/gRPC exporter cannot be built for the endpoint (e.g. an invalid URI).
     #[error("OTLP exporter for {endpoint}: {source}")]
     Exporter {
+        /// The resolved OTLP endpoint.
         endpoint: String,
+        /// The exporter builder's error.
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
     },
@@ -61,11 +74,18 @@ pub enum TracesError {
 /// Where and how spans are exported: the configuration with the environment filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportSettings {
+    /// The OTLP/gRPC endpoint: configured, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub endpoint: String,
+    /// `service.name`: configured, else `OTEL_SERVICE_NAME`, else `kubewire`.
     pub service_name: String,
+    /// Finished spans the batch processor queues before it drops new ones (at least 1).
     pub max_queue_size: usize,
+    /// Spans per export request (1 to `max_queue_size`).
     pub max_export_batch_size: usize,
+    /// How long the batch processor waits between two exports.
     pub scheduled_delay: Duration,
+    /// How long one export request may take.
     pub export_timeout: Duration,
 }
 
@@ -180,6 +200,7 @@ impl Traces {
             .with_filter(Targets::new().with_target("kubewire", tracing::Level::INFO))
     }
 
+    /// The endpoint spans are exported to.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }

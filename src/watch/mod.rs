@@ -29,32 +29,49 @@ use crate::event::{
 use crate::telemetry::traces::{self, TARGET};
 use crate::telemetry::{HealthKey, StreamMetrics, Telemetry};
 
+/// Why one list or watch request ended the step in progress; the loop logs it, backs off and
+/// carries on (only `Closed` ends it).
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     /// The requested resourceVersion is compacted away: relist and reconcile.
     #[error("resourceVersion too old (410 Gone)")]
     Gone,
+    /// The API server answered with an error status other than 410 (to the request, or as
+    /// a watch ERROR event).
     #[error("{verb} {stream}: {reason} (HTTP {code}): {message}")]
     Api {
+        /// `list` or `watch`.
         verb: &'static str,
+        /// The resource (and namespace) requested, for the message.
         stream: String,
+        /// The HTTP status code.
         code: u16,
+        /// The status reason, e.g. `Forbidden`.
         reason: String,
+        /// The status message.
         message: String,
     },
+    /// The request failed below the API (connection, TLS, timeout, an undecodable body).
     #[error("{verb} {stream}: {source}")]
     Transport {
+        /// `list` or `watch`.
         verb: &'static str,
+        /// The resource (and namespace) requested, for the message.
         stream: String,
+        /// The client's error.
         #[source]
         source: kube::Error,
     },
+    /// A listed or watched object lacks the metadata a change needs.
     #[error("{stream}: bad object from the API server: {source}")]
     BadObject {
+        /// The resource (and namespace) requested, for the message.
         stream: String,
+        /// What is missing.
         #[source]
         source: EventError,
     },
+    /// The list or watch request could not be built (kube rejects its parameters or URL).
     #[error("cannot build request: {0}")]
     Request(#[from] kube::core::request::Error),
     /// The pipeline behind us is gone (shutdown).
@@ -71,9 +88,13 @@ pub enum Item {
     /// the event's trace span (see `telemetry::traces`), ended at the sink's acknowledgement;
     /// disabled when traces are off or the event is not published.
     Event {
+        /// The change, or a relist marker.
         event: Box<Event>,
+        /// Whether it goes to the sink (`false`: it only moves the index).
         publish: bool,
+        /// The resourceVersion the checkpoint may take after it; `None`: no move.
         advance: Option<String>,
+        /// The event's trace span.
         span: tracing::Span,
     },
     /// A bookmark or the end of a list: the checkpoint may move here once all before it are acked.
@@ -83,8 +104,11 @@ pub enum Item {
 /// What one stream is, and how it behaves.
 #[derive(Clone, Debug)]
 pub struct StreamSpec {
+    /// The stream's identity (its checkpoint key).
     pub id: Arc<StreamId>,
+    /// The change types published; the others only move the index.
     pub events: Vec<ChangeType>,
+    /// Whether the first list (no checkpoint yet) publishes its objects as Added.
     pub initial: bool,
 }
 
@@ -142,6 +166,8 @@ const UNSET_TRACE: TraceContext = TraceContext {
 /// How long a loop may wait on a full pipeline before it shows a sign of life again.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// The List-Watch state machine of one stream: feeds its [`Item`]s, in order, to the
+/// stream's publisher.
 pub struct WatchLoop {
     client: kube::Client,
     spec: StreamSpec,
@@ -168,6 +194,8 @@ pub struct WatchLoop {
 }
 
 impl WatchLoop {
+    /// A loop for `spec` that starts from `checkpoint` (resumes a watch when it holds a
+    /// resourceVersion, lists otherwise) and sends its items on `tx`.
     pub fn new(
         client: kube::Client,
         spec: StreamSpec,

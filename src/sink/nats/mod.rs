@@ -1,13 +1,13 @@
 //! The NATS sink (`sink.type: nats`): JetStream by default, core NATS on request.
 //!
-//! - **JetStream** ([`jetstream::Pipeline`]): each event is published with `Nats-Msg-Id` =
+//! - **JetStream** (`jetstream::JetStreamSink`): each event is published with `Nats-Msg-Id` =
 //!   its deterministic id and acknowledged when its PubAck arrives; a replay within the
 //!   stream's duplicate window is dropped by the server. Publishes are pipelined (a window
 //!   of `maxOutstandingAcks`), with at most one unacknowledged publish per subject, so a
 //!   retry can never overtake: the stream holds each subject's events in order. A failed or
 //!   timed-out publish is retried with the same id, forever, while the client reconnects
 //!   forever.
-//! - **Core NATS** ([`CoreSink`]): fire-and-forget, at most once.
+//! - **Core NATS** (`CoreSink`): fire-and-forget, at most once.
 //!
 //! Subjects come from a template with reversible escaping ([`subject`]). At start-up the
 //! stream is created or updated (`stream.create`), or must exist; either way it must cover
