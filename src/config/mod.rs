@@ -16,11 +16,13 @@
 //! (`namespaces`, `events`) take a comma-separated value. The environment is passed in
 //! explicitly ([`Config::load_with_env`]) so tests never touch the process environment.
 
-mod kafka;
-mod lenient;
-mod nats;
 mod resource_ref;
 mod validate;
+
+#[cfg(test)]
+mod kafka_tests;
+#[cfg(test)]
+mod nats_tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,14 +31,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::ChangeType;
 
-pub use kafka::{
+// Each sink owns its section (settings and their validation); the file's layout names them.
+pub use crate::sink::SinkConfig;
+pub use crate::sink::kafka::config::{
     CreateTopicsConfig, KafkaCompression, KafkaSecurityProtocol, KafkaSinkConfig, OnOversize,
     ResourceKafkaConfig, SaslConfig, TlsConfig,
 };
-pub use nats::{
+pub use crate::sink::nats::config::{
     DEFAULT_SUBJECT as DEFAULT_NATS_SUBJECT, NatsAuthConfig, NatsRetention, NatsSinkConfig,
-    NatsStorage, NatsStreamConfig, NatsTlsConfig, SecretRef,
+    NatsStorage, NatsStreamConfig, NatsTlsConfig,
 };
+pub use crate::sink::secret::SecretRef;
 pub use resource_ref::ResourceRef;
 
 /// Prefix of the environment variables that override configuration fields.
@@ -408,40 +413,6 @@ impl Default for TransformConfig {
             strip_managed_fields: true,
             strip_last_applied: true,
             redact_secrets: true,
-        }
-    }
-}
-
-/// Where events are published. Selected by `type`.
-///
-/// New sinks are new variants (with their own settings struct when they have many fields);
-/// validation of each variant lives in `validate.rs`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SinkConfig {
-    /// One JSON event per line on standard output (the default).
-    #[default]
-    Stdout,
-    /// Appends one JSON event per line to a file; an event is acknowledged once written and
-    /// flushed.
-    File {
-        /// The file to append to (created if missing).
-        path: PathBuf,
-    },
-    /// Apache Kafka: see [`KafkaSinkConfig`].
-    Kafka(KafkaSinkConfig),
-    /// NATS (JetStream by default): see [`NatsSinkConfig`].
-    Nats(NatsSinkConfig),
-}
-
-impl SinkConfig {
-    /// The `type` name: `stdout`, `file`, ...
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SinkConfig::Stdout => "stdout",
-            SinkConfig::File { .. } => "file",
-            SinkConfig::Kafka(_) => "kafka",
-            SinkConfig::Nats(_) => "nats",
         }
     }
 }

@@ -3,30 +3,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::resource_ref::is_dns_label;
-use super::{Config, KafkaSinkConfig, Problem, ResourceRef, SinkConfig};
-use crate::envelope::template::{Placeholder, Template};
-
-/// librdkafka properties that have their own field (and a secret never goes in the file).
-const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
-    ("bootstrap.servers", "brokers"),
-    ("metadata.broker.list", "brokers"),
-    ("compression.type", "compression"),
-    ("compression.codec", "compression"),
-    ("queue.buffering.max.messages", "queueMaxMessages"),
-    ("queue.buffering.max.kbytes", "queueMaxKbytes"),
-    ("security.protocol", "securityProtocol"),
-    ("sasl.mechanism", "sasl.mechanism"),
-    ("sasl.mechanisms", "sasl.mechanism"),
-    ("sasl.username", "sasl.username"),
-    ("sasl.password", "sasl.passwordEnv or sasl.passwordFile"),
-    ("ssl.ca.location", "tls.caFile"),
-    ("ssl.certificate.location", "tls.certFile"),
-    ("ssl.key.location", "tls.keyFile"),
-    (
-        "ssl.key.password",
-        "tls.keyPasswordEnv or tls.keyPasswordFile",
-    ),
-];
+use super::{Config, Problem, ResourceRef, SinkConfig};
+use crate::sink::check_topic_template;
 
 impl Config {
     /// Checks everything that can be checked without a cluster and returns every problem
@@ -274,120 +252,19 @@ impl Config {
                     p.add("sink.path", "must not be empty");
                 }
             }
-            SinkConfig::Kafka(k) => self.validate_kafka(k, p),
-            SinkConfig::Nats(n) => p.0.extend(n.problems()),
-        }
-    }
-
-    fn validate_kafka(&self, k: &KafkaSinkConfig, p: &mut Problems) {
-        if k.brokers.trim().is_empty() {
-            p.add("sink.brokers", "must not be empty");
-        }
-        check_topic_template(&k.topic, "sink.topic", p);
-        for (i, r) in self.resources.iter().enumerate() {
-            if let Some(topic) = r.kafka.as_ref().and_then(|k| k.topic.as_deref()) {
-                check_topic_template(topic, &format!("resources[{i}].kafka.topic"), p);
+            SinkConfig::Kafka(k) => {
+                k.check(&mut |path, message| p.add(path, message));
+                for (i, r) in self.resources.iter().enumerate() {
+                    if let Some(topic) = r.kafka.as_ref().and_then(|k| k.topic.as_deref()) {
+                        check_topic_template(
+                            topic,
+                            &format!("resources[{i}].kafka.topic"),
+                            &mut |path, message| p.add(path, message),
+                        );
+                    }
+                }
             }
-        }
-        if let Some(key) = &k.key
-            && let Err(e) = Template::parse(key, Placeholder::ALL)
-        {
-            p.add("sink.key", format!("{key:?} {e}"));
-        }
-        let c = &k.create_topics;
-        if c.partitions <= 0 {
-            p.add("sink.createTopics.partitions", "must be greater than 0");
-        }
-        if c.replication_factor <= 0 {
-            p.add(
-                "sink.createTopics.replicationFactor",
-                "must be greater than 0",
-            );
-        }
-        if !matches!(
-            c.cleanup_policy.as_str(),
-            "delete" | "compact" | "compact,delete" | "delete,compact"
-        ) {
-            p.add(
-                "sink.createTopics.cleanupPolicy",
-                format!(
-                    "{:?} must be delete, compact or compact,delete",
-                    c.cleanup_policy
-                ),
-            );
-        }
-        if k.queue_max_messages == 0 {
-            p.add("sink.queueMaxMessages", "must be greater than 0");
-        }
-        if k.queue_max_kbytes == 0 {
-            p.add("sink.queueMaxKbytes", "must be greater than 0");
-        }
-        let sasl = &k.sasl;
-        if k.security_protocol.uses_sasl() {
-            match sasl.mechanism.as_deref() {
-                Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") => {}
-                Some(m) => p.add(
-                    "sink.sasl.mechanism",
-                    format!("{m:?} must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
-                ),
-                None => p.add(
-                    "sink.sasl.mechanism",
-                    "is required with securityProtocol sasl_plaintext or sasl_ssl",
-                ),
-            }
-            if sasl.username.as_deref().is_none_or(|u| u.is_empty()) {
-                p.add(
-                    "sink.sasl.username",
-                    "is required with securityProtocol sasl_plaintext or sasl_ssl",
-                );
-            }
-            if sasl.password_env.is_some() == sasl.password_file.is_some() {
-                p.add(
-                    "sink.sasl",
-                    "set exactly one of passwordEnv and passwordFile (the password never goes in the configuration file)",
-                );
-            }
-        } else if sasl != &Default::default() {
-            p.add(
-                "sink.sasl",
-                format!(
-                    "is only used with securityProtocol sasl_plaintext or sasl_ssl (it is {})",
-                    k.security_protocol.as_str()
-                ),
-            );
-        }
-        let tls = &k.tls;
-        if k.security_protocol.uses_tls() {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                p.add("sink.tls", "certFile and keyFile go together");
-            }
-            if tls.key_password_env.is_some() && tls.key_password_file.is_some() {
-                p.add(
-                    "sink.tls",
-                    "set at most one of keyPasswordEnv and keyPasswordFile",
-                );
-            }
-        } else if tls != &Default::default() {
-            p.add(
-                "sink.tls",
-                format!(
-                    "is only used with securityProtocol ssl or sasl_ssl (it is {})",
-                    k.security_protocol.as_str()
-                ),
-            );
-        }
-        for (name, value) in &k.properties {
-            let at = format!("sink.properties.{name}");
-            if let Some(field) = MANAGED_KAFKA_PROPERTIES
-                .iter()
-                .find(|(prop, _)| prop == name)
-                .map(|(_, field)| field)
-            {
-                p.add(at.clone(), format!("set it with sink.{field} instead"));
-            }
-            if let Err(e) = check_env_references(value) {
-                p.add(at, e);
-            }
+            SinkConfig::Nats(n) => n.check(&mut |path, message| p.add(path, message)),
         }
     }
 
@@ -461,47 +338,6 @@ impl Config {
             );
         }
     }
-}
-
-/// A topic template: valid syntax, no `{name}`, and literal text a topic name may hold.
-fn check_topic_template(topic: &str, at: &str, p: &mut Problems) {
-    match Template::parse(topic, Placeholder::STREAM) {
-        Err(e) => p.add(at, format!("{topic:?} {e}")),
-        Ok(t) => {
-            let bad: String = t
-                .literals()
-                .flat_map(str::chars)
-                .filter(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-                .collect();
-            if !bad.is_empty() {
-                p.add(
-                    at,
-                    format!("{topic:?} has characters a Kafka topic may not contain: {bad:?} (letters, digits, '.', '_' and '-' only)"),
-                );
-            } else if topic.len() > 249 {
-                p.add(at, "is longer than 249 characters");
-            }
-        }
-    }
-}
-
-/// `${NAME}` references in a property value must be closed and name a variable.
-pub(crate) fn check_env_references(value: &str) -> Result<(), String> {
-    let mut rest = value;
-    while let Some(i) = rest.find("${") {
-        let after = &rest[i + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("{value:?} has an unclosed ${{"))?;
-        let name = &after[..end];
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!(
-                "{value:?}: ${{{name}}} is not an environment variable name"
-            ));
-        }
-        rest = &after[end + 1..];
-    }
-    Ok(())
 }
 
 /// A light syntax check of a label or field selector: comma-separated requirements, each

@@ -3,9 +3,11 @@
 //! the backpressure reaching the watch loop) and returns an [`Ack`] future that resolves once
 //! the event is durably accepted downstream. Only then may the checkpoint move past it.
 
-mod kafka;
+pub mod kafka;
+mod lenient;
 mod lines;
 pub mod nats;
+pub mod secret;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -13,8 +15,8 @@ use std::pin::Pin;
 
 pub use lines::LinesSink;
 
-use crate::config::SinkConfig;
 use crate::envelope::Encoded;
+use serde::{Deserialize, Serialize};
 
 /// Errors of the sink stage: a sink that cannot be built, or an event it did not deliver.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +140,44 @@ pub enum SinkHealth {
     /// Down, and why (e.g. "all brokers down since 12:01:03").
     Down(String),
 }
+
+/// Where events are published. Selected by `type`.
+///
+/// New sinks are new variants (with their own settings struct when they have many fields);
+/// each sink's settings and their validation live in its own module (`kafka::config`,
+/// `nats::config`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// One JSON event per line on standard output (the default).
+    #[default]
+    Stdout,
+    /// Appends one JSON event per line to a file; an event is acknowledged once written and
+    /// flushed.
+    File {
+        /// The file to append to (created if missing).
+        path: PathBuf,
+    },
+    /// Apache Kafka: see [`KafkaSinkConfig`].
+    Kafka(KafkaSinkConfig),
+    /// NATS (JetStream by default): see [`NatsSinkConfig`].
+    Nats(NatsSinkConfig),
+}
+
+impl SinkConfig {
+    /// The `type` name: `stdout`, `file`, ...
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkConfig::Stdout => "stdout",
+            SinkConfig::File { .. } => "file",
+            SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Nats(_) => "nats",
+        }
+    }
+}
+
+pub use kafka::config::{KafkaSinkConfig, check_topic_template};
+pub use nats::config::NatsSinkConfig;
 
 /// Builds the configured sink.
 pub async fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {

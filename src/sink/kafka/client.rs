@@ -4,8 +4,9 @@
 
 use rdkafka::ClientConfig;
 
-use crate::config::KafkaSinkConfig;
+use super::config::KafkaSinkConfig;
 use crate::sink::SinkError;
+use crate::sink::secret::{SecretRef, expand_env};
 
 /// librdkafka's own default of `message.max.bytes`.
 const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
@@ -99,48 +100,28 @@ pub fn producer_config(
     Ok((c, max_bytes))
 }
 
-/// A secret from an environment variable or a file (trailing whitespace trimmed).
+/// A secret from an environment variable or a file (the one rule of
+/// [`SecretRef`](crate::sink::secret::SecretRef): whitespace around it trimmed); `None` when
+/// neither is set.
 fn secret(
     what: &str,
     env_name: Option<&str>,
     file: Option<&std::path::Path>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<String>, SinkError> {
-    if let Some(name) = env_name {
-        return env(name)
-            .map(Some)
-            .ok_or_else(|| SinkError::Secret(format!("{what}: {name} is not set")));
+    if env_name.is_none() && file.is_none() {
+        return Ok(None);
     }
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| SinkError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        return Ok(Some(text.trim_end().to_owned()));
-    }
-    Ok(None)
-}
-
-/// Replaces every `${NAME}` in `value` with the variable's value; a missing one is an error.
-pub fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let end = after.find('}').ok_or_else(|| "unclosed ${".to_owned())?;
-        let name = &after[..end];
-        out.push_str(&env(name).ok_or_else(|| format!("environment variable {name} is not set"))?);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    SecretRef::of(env_name, file)
+        .read_with(env)
+        .map(Some)
+        .map_err(|e| SinkError::Secret(format!("{what}: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::config::{KafkaSecurityProtocol, KafkaSinkConfig};
     use super::*;
-    use crate::config::{KafkaSecurityProtocol, KafkaSinkConfig};
 
     fn env(name: &str) -> Option<String> {
         (name == "PASS").then(|| "s3cret".to_owned())
@@ -195,17 +176,5 @@ mod tests {
         cfg.sasl.password_env = Some("NOPE".into());
         let e = producer_config(&cfg, &env).err().unwrap().to_string();
         assert!(e.contains("NOPE is not set"), "{e}");
-    }
-
-    #[test]
-    fn expand_env_reports_missing_variables() {
-        assert_eq!(expand_env("a${PASS}b", &env).unwrap(), "as3cretb");
-        assert!(
-            expand_env("${X}", &env)
-                .unwrap_err()
-                .contains("X is not set")
-        );
-        assert!(expand_env("${X", &env).is_err());
-        assert_eq!(expand_env("plain", &env).unwrap(), "plain");
     }
 }

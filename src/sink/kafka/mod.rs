@@ -16,6 +16,7 @@
 //!   with events waiting for it turns out to be missing. Logged once per change.
 
 mod client;
+pub mod config;
 mod delivery;
 mod topics;
 
@@ -40,9 +41,9 @@ use tokio::task::AbortHandle;
 use self::delivery::{Done, Failed, Next, Token};
 use self::topics::{Lookup, Topics};
 use super::{Ack, SendFuture, Sink, SinkCounters, SinkError, SinkHealth};
-use crate::config::{KafkaSinkConfig, OnOversize};
 use crate::envelope::template::{Placeholder, Template};
 use crate::envelope::{self, Encoded};
+use config::{KafkaSinkConfig, OnOversize};
 
 /// `type` of the event published in place of one too large for its topic.
 pub use crate::envelope::OVERSIZE_TYPE;
@@ -59,6 +60,7 @@ const STARTUP_LOOKUP: Duration = Duration::from_secs(15);
 const STALL: Duration = Duration::from_secs(10);
 const STALL_CHECK: Duration = Duration::from_secs(5);
 
+/// Builds the Kafka sink: the producer, the topic lookups, the stall watch.
 pub async fn build(cfg: &KafkaSinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(Box::new(KafkaSink::new(cfg).await?))
 }
@@ -300,18 +302,13 @@ fn ce_headers(
     h
 }
 
-/// Topic names: letters, digits, `.`, `_`, `-`; at most 249 characters; not `.` or `..`.
+/// Topic names ([`config::topic_char`], at most [`config::MAX_TOPIC_LEN`] characters, not `.`
+/// or `..`): any other character becomes `_`.
 fn sanitize_topic(raw: String) -> String {
     let mut t: String = raw
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(249)
+        .map(|c| if config::topic_char(c) { c } else { '_' })
+        .take(config::MAX_TOPIC_LEN)
         .collect();
     if t.is_empty() || t == "." || t == ".." {
         t = t.replace('.', "_");

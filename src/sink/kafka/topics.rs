@@ -10,7 +10,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::QuietContext;
-use crate::config::CreateTopicsConfig;
+use super::config::CreateTopicsConfig;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(5);

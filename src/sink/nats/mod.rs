@@ -13,6 +13,7 @@
 //! stream is created or updated (`stream.create`), or must exist; either way it must cover
 //! the template, else kubewire does not start. `docs/sinks.md` documents the semantics.
 
+pub mod config;
 mod jetstream;
 pub mod subject;
 
@@ -24,8 +25,8 @@ use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
 
 use super::{Ack, SendFuture, Sink, SinkError, SinkHealth};
-use crate::config::{NatsRetention, NatsSinkConfig, NatsStorage};
 use crate::envelope::Encoded;
+use config::{NatsRetention, NatsSinkConfig, NatsStorage};
 use subject::SubjectTemplate;
 
 /// `Content-Type` of a structured-mode CloudEvent.
@@ -128,7 +129,7 @@ async fn connect(
 }
 
 async fn options(cfg: &NatsSinkConfig) -> Result<ConnectOptions, SinkError> {
-    let secret = |what: &str, s: &crate::config::SecretRef| {
+    let secret = |what: &str, s: &crate::sink::secret::SecretRef| {
         s.read()
             .map_err(|e| SinkError::Secret(format!("cannot read the NATS {what} (sink.auth): {e}")))
     };

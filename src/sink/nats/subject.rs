@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn default_template_renders_one_subject_per_object() {
-        let t = SubjectTemplate::parse(crate::config::DEFAULT_NATS_SUBJECT).unwrap();
+        let t = SubjectTemplate::parse(crate::sink::nats::config::DEFAULT_SUBJECT).unwrap();
         assert_eq!(
             t.render(&attrs("core", Some("demo"), Some("kube-root-ca.crt"))),
             "kubewire.prod.core.ConfigMap.demo.kube-root-ca%2Ecrt"
@@ -316,7 +316,7 @@ mod tests {
             name in proptest::option::of(any::<String>()),
             group in "[a-z.]{0,12}",
         ) {
-            let t = SubjectTemplate::parse(crate::config::DEFAULT_NATS_SUBJECT).unwrap();
+            let t = SubjectTemplate::parse(crate::sink::nats::config::DEFAULT_SUBJECT).unwrap();
             let subject = t.render(&attrs(&group, ns.as_deref(), name.as_deref()));
             let tokens: Vec<&str> = subject.split('.').collect();
             prop_assert_eq!(tokens.len(), 6);

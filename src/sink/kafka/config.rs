@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::template::{Placeholder, Template};
+use crate::sink::secret::check_env_references;
+
 /// The Kafka sink.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -29,7 +32,7 @@ pub struct KafkaSinkConfig {
     pub create_topics: CreateTopicsConfig,
     /// After each `deleted` event, also publish a tombstone (same key, null value) so that
     /// compacted topics forget the object. Default: false.
-    #[serde(deserialize_with = "super::lenient::boolean")]
+    #[serde(deserialize_with = "crate::sink::lenient::boolean")]
     pub tombstones: bool,
     /// What to do with an event larger than the topic accepts (`max.message.bytes` of the
     /// topic, `message.max.bytes` of the producer): `replace` (default) publishes a small
@@ -38,11 +41,11 @@ pub struct KafkaSinkConfig {
     pub on_oversize: OnOversize,
     /// Most messages the producer queue holds (`queue.buffering.max.messages`); when full,
     /// sending waits (backpressure to the watch loops). Default: 100000.
-    #[serde(deserialize_with = "super::lenient::number")]
+    #[serde(deserialize_with = "crate::sink::lenient::number")]
     pub queue_max_messages: u32,
     /// Most kilobytes the producer queue holds (`queue.buffering.max.kbytes`). Default:
     /// 65536 (64 MiB): the bound on kubewire's memory while brokers are unreachable.
-    #[serde(deserialize_with = "super::lenient::number")]
+    #[serde(deserialize_with = "crate::sink::lenient::number")]
     pub queue_max_kbytes: u32,
     /// `security.protocol`: `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
     pub security_protocol: KafkaSecurityProtocol,
@@ -174,13 +177,13 @@ impl KafkaSecurityProtocol {
 pub struct CreateTopicsConfig {
     /// Create a topic the first time an event goes to it and it does not exist. Default:
     /// false (a missing topic is an error).
-    #[serde(deserialize_with = "super::lenient::boolean")]
+    #[serde(deserialize_with = "crate::sink::lenient::boolean")]
     pub enabled: bool,
     /// Partitions of a created topic (> 0). Default: 3.
-    #[serde(deserialize_with = "super::lenient::number")]
+    #[serde(deserialize_with = "crate::sink::lenient::number")]
     pub partitions: i32,
     /// Replication factor of a created topic (> 0). Default: 1.
-    #[serde(deserialize_with = "super::lenient::number")]
+    #[serde(deserialize_with = "crate::sink::lenient::number")]
     pub replication_factor: i32,
     /// `cleanup.policy` of a created topic: `delete` (default), `compact` or
     /// `compact,delete`. Use `compact` with `tombstones: true`.
@@ -228,149 +231,181 @@ pub struct TlsConfig {
     pub key_password_file: Option<PathBuf>,
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::config::{Config, Format, SinkConfig};
+/// librdkafka properties that have their own field (and a secret never goes in the file).
+const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "brokers"),
+    ("metadata.broker.list", "brokers"),
+    ("compression.type", "compression"),
+    ("compression.codec", "compression"),
+    ("queue.buffering.max.messages", "queueMaxMessages"),
+    ("queue.buffering.max.kbytes", "queueMaxKbytes"),
+    ("security.protocol", "securityProtocol"),
+    ("sasl.mechanism", "sasl.mechanism"),
+    ("sasl.mechanisms", "sasl.mechanism"),
+    ("sasl.username", "sasl.username"),
+    ("sasl.password", "sasl.passwordEnv or sasl.passwordFile"),
+    ("ssl.ca.location", "tls.caFile"),
+    ("ssl.certificate.location", "tls.certFile"),
+    ("ssl.key.location", "tls.keyFile"),
+    (
+        "ssl.key.password",
+        "tls.keyPasswordEnv or tls.keyPasswordFile",
+    ),
+];
 
-    fn load(text: &str, env: &[(&str, &str)]) -> Config {
-        Config::from_str_with_env(text, Format::Yaml, env.iter().copied()).unwrap()
+/// The longest topic name Kafka accepts.
+pub const MAX_TOPIC_LEN: usize = 249;
+
+/// Whether a topic name may hold `c`: letters, digits, `.`, `_` and `-` (the one rule, for
+/// validation and for sanitizing rendered topics).
+pub fn topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Problems reported as they are found, each with its path.
+struct Report<'a>(&'a mut dyn FnMut(String, String));
+
+impl Report<'_> {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        (self.0)(path.into(), message.into());
     }
+}
 
-    #[test]
-    fn numeric_and_boolean_env_overrides_inside_the_sink_parse() {
-        let c = load(
-            FULL,
-            &[
-                ("KUBEWIRE__SINK__QUEUE_MAX_MESSAGES", "777"),
-                ("KUBEWIRE__SINK__TOMBSTONES", "false"),
-                ("KUBEWIRE__SINK__CREATE_TOPICS__PARTITIONS", "12"),
-            ],
-        );
-        let SinkConfig::Kafka(k) = &c.sink else {
-            panic!("{:?}", c.sink)
-        };
-        assert_eq!(k.queue_max_messages, 777);
-        assert!(!k.tombstones);
-        assert_eq!(k.create_topics.partitions, 12);
-    }
-
-    const FULL: &str = "resources:\n  - resource: configmaps\n    kafka: {topic: 'cm.{namespace}'}\n\
-        sink:\n  type: kafka\n  brokers: b:9092\n  topic: 'kw.{cluster}.{resource}'\n\
-        \x20 key: '{namespace}/{name}'\n  compression: lz4\n\
-        \x20 createTopics: {enabled: true, partitions: 6, replicationFactor: 3, cleanupPolicy: compact}\n\
-        \x20 tombstones: true\n  onOversize: fail\n  queueMaxMessages: 10\n  queueMaxKbytes: 20\n\
-        \x20 securityProtocol: sasl_ssl\n\
-        \x20 sasl: {mechanism: SCRAM-SHA-512, username: u, passwordFile: /pw}\n\
-        \x20 tls: {caFile: /ca, certFile: /c, keyFile: /k, keyPasswordEnv: KP}\n\
-        \x20 properties: {linger.ms: '5'}\n";
-
-    #[test]
-    fn every_field_parses_and_validates() {
-        let c = load(FULL, &[]);
-        assert_eq!(c.validate(), vec![]);
-        let SinkConfig::Kafka(k) = &c.sink else {
-            panic!("not kafka")
-        };
-        assert_eq!(k.create_topics.partitions, 6);
-        assert_eq!(k.tls.key_password_env.as_deref(), Some("KP"));
-        assert_eq!(k.properties["linger.ms"], "5");
-        assert_eq!(
-            c.resources[0].kafka.as_ref().unwrap().topic.as_deref(),
-            Some("cm.{namespace}")
-        );
-    }
-
-    #[test]
-    fn env_overrides_reach_kafka_fields() {
-        let c = load(
-            FULL,
-            &[
-                ("KUBEWIRE__SINK__TOPIC", "other"),
-                ("KUBEWIRE__SINK__CREATE_TOPICS__CLEANUP_POLICY", "delete"),
-                ("KUBEWIRE__SINK__SASL__PASSWORD_ENV", "PW"),
-            ],
-        );
-        let SinkConfig::Kafka(k) = &c.sink else {
-            panic!("not kafka")
-        };
-        assert_eq!(k.topic, "other");
-        assert_eq!(k.create_topics.cleanup_policy, "delete");
-        assert_eq!(k.sasl.password_env.as_deref(), Some("PW"));
-    }
-
-    #[test]
-    fn every_camel_case_field_is_known_to_env_overrides() {
-        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
-            if let serde_json::Value::Object(m) = v {
-                for (k, v) in m {
-                    out.push(k.clone());
-                    walk(v, out);
-                }
-            }
+impl KafkaSinkConfig {
+    /// Reports every problem of these settings to `add` (path under `sink.`, message):
+    /// called by the configuration's validation.
+    pub fn check(&self, add: &mut dyn FnMut(String, String)) {
+        let k = self;
+        let mut p = Report(add);
+        let p = &mut p;
+        if k.brokers.trim().is_empty() {
+            p.add("sink.brokers", "must not be empty");
         }
-        let c = load(FULL, &[]);
-        let mut keys = Vec::new();
-        walk(&serde_json::to_value(&c.sink).unwrap(), &mut keys);
-        walk(&serde_json::to_value(&c.resources).unwrap()[0], &mut keys);
-        for k in keys {
-            if k.chars().any(|c| c.is_ascii_uppercase()) && !k.contains('.') {
-                assert!(
-                    crate::config::CAMEL_CASE_FIELDS.contains(&k.as_str()),
-                    "{k} missing"
-                );
-            }
+        check_topic_template(&k.topic, "sink.topic", &mut |path, message| {
+            p.add(path, message)
+        });
+        if let Some(key) = &k.key
+            && let Err(e) = Template::parse(key, Placeholder::ALL)
+        {
+            p.add("sink.key", format!("{key:?} {e}"));
         }
-    }
-
-    #[test]
-    fn bad_settings_are_all_reported_with_paths() {
-        let c = load(
-            "resources:\n  - resource: configmaps\n    kafka: {topic: 'a/{name}'}\n\
-             sink:\n  type: kafka\n  brokers: ''\n  topic: 'kw {cluster'\n  key: '{nam}'\n\
-             \x20 createTopics: {partitions: 0, replicationFactor: 0, cleanupPolicy: never}\n\
-             \x20 queueMaxMessages: 0\n  securityProtocol: sasl_plaintext\n\
-             \x20 sasl: {mechanism: GSSAPI}\n  tls: {caFile: /ca}\n\
-             \x20 properties: {sasl.password: x, linger.ms: '${UNCLOSED'}\n",
-            &[],
-        );
-        let p: Vec<String> = c.validate().iter().map(|p| p.to_string()).collect();
-        for want in [
-            "sink.brokers: must not be empty",
-            "sink.topic: \"kw {cluster\" has an unclosed",
-            "resources[0].kafka.topic: \"a/{name}\" has an unknown placeholder {name}",
-            "sink.key: \"{nam}\" has an unknown placeholder",
-            "sink.createTopics.partitions",
-            "sink.createTopics.replicationFactor",
-            "sink.createTopics.cleanupPolicy",
-            "sink.queueMaxMessages",
-            "sink.sasl.mechanism: \"GSSAPI\"",
-            "sink.sasl.username: is required",
-            "sink.sasl: set exactly one of passwordEnv and passwordFile",
-            "sink.tls: is only used with securityProtocol ssl or sasl_ssl",
-            "sink.properties.sasl.password: set it with sink.sasl.passwordEnv",
-            "sink.properties.linger.ms: \"${UNCLOSED\" has an unclosed",
-        ] {
-            assert!(
-                p.iter().any(|l| l.starts_with(want)),
-                "{want} not in {p:#?}"
+        let c = &k.create_topics;
+        if c.partitions <= 0 {
+            p.add("sink.createTopics.partitions", "must be greater than 0");
+        }
+        if c.replication_factor <= 0 {
+            p.add(
+                "sink.createTopics.replicationFactor",
+                "must be greater than 0",
             );
         }
-        let c = load(
-            "resources:\n  - resource: configmaps\n    kafka: {topic: x}\nsink: {type: stdout}\n",
-            &[],
-        );
-        assert_eq!(
-            c.validate()[0].to_string(),
-            "resources[0].kafka: is only used with sink.type kafka (it is stdout)"
-        );
-        let c = load(
-            "resources: [{resource: configmaps}]\nsink: {type: kafka, brokers: b, topic: 'a b'}\n",
-            &[],
-        );
-        assert!(
-            c.validate()[0].message.contains("may not contain"),
-            "{:?}",
-            c.validate()
-        );
+        if !matches!(
+            c.cleanup_policy.as_str(),
+            "delete" | "compact" | "compact,delete" | "delete,compact"
+        ) {
+            p.add(
+                "sink.createTopics.cleanupPolicy",
+                format!(
+                    "{:?} must be delete, compact or compact,delete",
+                    c.cleanup_policy
+                ),
+            );
+        }
+        if k.queue_max_messages == 0 {
+            p.add("sink.queueMaxMessages", "must be greater than 0");
+        }
+        if k.queue_max_kbytes == 0 {
+            p.add("sink.queueMaxKbytes", "must be greater than 0");
+        }
+        let sasl = &k.sasl;
+        if k.security_protocol.uses_sasl() {
+            match sasl.mechanism.as_deref() {
+                Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") => {}
+                Some(m) => p.add(
+                    "sink.sasl.mechanism",
+                    format!("{m:?} must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+                ),
+                None => p.add(
+                    "sink.sasl.mechanism",
+                    "is required with securityProtocol sasl_plaintext or sasl_ssl",
+                ),
+            }
+            if sasl.username.as_deref().is_none_or(|u| u.is_empty()) {
+                p.add(
+                    "sink.sasl.username",
+                    "is required with securityProtocol sasl_plaintext or sasl_ssl",
+                );
+            }
+            if sasl.password_env.is_some() == sasl.password_file.is_some() {
+                p.add(
+                    "sink.sasl",
+                    "set exactly one of passwordEnv and passwordFile (the password never goes in the configuration file)",
+                );
+            }
+        } else if sasl != &Default::default() {
+            p.add(
+                "sink.sasl",
+                format!(
+                    "is only used with securityProtocol sasl_plaintext or sasl_ssl (it is {})",
+                    k.security_protocol.as_str()
+                ),
+            );
+        }
+        let tls = &k.tls;
+        if k.security_protocol.uses_tls() {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                p.add("sink.tls", "certFile and keyFile go together");
+            }
+            if tls.key_password_env.is_some() && tls.key_password_file.is_some() {
+                p.add(
+                    "sink.tls",
+                    "set at most one of keyPasswordEnv and keyPasswordFile",
+                );
+            }
+        } else if tls != &Default::default() {
+            p.add(
+                "sink.tls",
+                format!(
+                    "is only used with securityProtocol ssl or sasl_ssl (it is {})",
+                    k.security_protocol.as_str()
+                ),
+            );
+        }
+        for (name, value) in &k.properties {
+            let at = format!("sink.properties.{name}");
+            if let Some(field) = MANAGED_KAFKA_PROPERTIES
+                .iter()
+                .find(|(prop, _)| prop == name)
+                .map(|(_, field)| field)
+            {
+                p.add(at.clone(), format!("set it with sink.{field} instead"));
+            }
+            if let Err(e) = check_env_references(value) {
+                p.add(at, e);
+            }
+        }
+    }
+}
+
+/// A topic template: valid syntax, no `{name}`, and literal text a topic name may hold.
+pub fn check_topic_template(topic: &str, at: &str, add: &mut dyn FnMut(String, String)) {
+    let mut p = Report(add);
+    match Template::parse(topic, Placeholder::STREAM) {
+        Err(e) => p.add(at, format!("{topic:?} {e}")),
+        Ok(t) => {
+            let bad: String = t
+                .literals()
+                .flat_map(str::chars)
+                .filter(|c| !topic_char(*c))
+                .collect();
+            if !bad.is_empty() {
+                p.add(
+                    at,
+                    format!("{topic:?} has characters a Kafka topic may not contain: {bad:?} (letters, digits, '.', '_' and '-' only)"),
+                );
+            } else if topic.len() > MAX_TOPIC_LEN {
+                p.add(at, format!("is longer than {MAX_TOPIC_LEN} characters"));
+            }
+        }
     }
 }
