@@ -104,7 +104,7 @@ fn pipeline(line: &[u8], stream: &Arc<StreamId>, transformer: &Transformer) -> E
         trace: TraceContext::random(),
     });
     // The publish stage's own per-event work (transform + envelope), not a copy of it.
-    publish::prepare(transformer, &mut event, None, &tracing::Span::none()).expect("encodable")
+    publish::prepare(transformer, &mut event, &tracing::Span::none()).expect("encodable")
 }
 
 /// The floor: parse the same bytes into a `Value` and write it back.

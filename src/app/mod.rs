@@ -333,6 +333,10 @@ impl Context {
             initial: rc.initial,
         };
         let transformer = Arc::new(Transformer::new(&rc.transform, self.redaction_key.clone())?);
+        // The resource's own destination, resolved by the sink once for the stream.
+        let route = self
+            .sink
+            .route(rc.kafka.as_ref().and_then(|k| k.topic.as_deref()))?;
         let (tx, rx) = mpsc::channel(self.config.watch.channel_capacity);
         let metrics = self.telemetry.metrics.stream(&id);
         let watch = WatchLoop::new(
@@ -351,14 +355,7 @@ impl Context {
             store: self.store.clone(),
             commit_interval: Duration::from_millis(self.config.checkpoint.commit_interval_ms),
             max_in_flight: MAX_IN_FLIGHT,
-            destination: match &self.config.sink {
-                crate::config::SinkConfig::Kafka(_) => rc
-                    .kafka
-                    .as_ref()
-                    .and_then(|k| k.topic.as_deref())
-                    .map(Arc::from),
-                _ => None,
-            },
+            route,
             metrics,
             telemetry: self.telemetry.clone(),
         };

@@ -19,8 +19,6 @@
 
 pub mod template;
 
-use std::sync::Arc;
-
 use chrono::SecondsFormat;
 use serde::Serialize;
 
@@ -63,10 +61,6 @@ pub struct Encoded {
     pub payload: Vec<u8>,
     /// Where the event comes from, for sinks' topic / subject / key templates.
     pub attrs: Attrs,
-    /// A per-resource destination template overriding the sink's own (Kafka:
-    /// `resources[].kafka.topic`). Not set by [`encode`]: the publisher fills it in from the
-    /// stream's resource configuration.
-    pub destination: Option<Arc<str>>,
 }
 
 /// The stream and object an event is about: the values of `{cluster}`, `{group}`, ... in
@@ -247,7 +241,6 @@ fn encode_change(change: &Change) -> Result<Encoded, EnvelopeError> {
     })?;
     Ok(Encoded {
         attrs: Attrs::new(stream, obj.namespace.as_deref(), Some(&obj.name)),
-        destination: None,
         key: obj.key(),
         ce_type: ce_type.to_owned(),
         id,
@@ -300,7 +293,6 @@ fn encode_marker(marker: &RelistMarker) -> Result<Encoded, EnvelopeError> {
     })?;
     Ok(Encoded {
         attrs: Attrs::new(stream, stream.namespace.as_deref(), None),
-        destination: None,
         key: marker.key(),
         ce_type: RELISTED_TYPE.to_owned(),
         id,
@@ -355,7 +347,6 @@ pub fn oversize(msg: &Encoded, size: usize, limit: usize, destination: &str) -> 
         traceparent: msg.traceparent.clone(),
         payload: serde_json::to_vec(&Value::Object(doc)).expect("a JSON map serialises"),
         attrs: msg.attrs.clone(),
-        destination: msg.destination.clone(),
     }
 }
 

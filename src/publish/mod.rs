@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::checkpoint::{CheckpointError, Progress, SentEntry, StateStore, Uncommitted};
 use crate::envelope::{self, Encoded, EnvelopeError};
 use crate::event::{Event, Origin};
-use crate::sink::{Delivery, Sink, SinkError};
+use crate::sink::{Delivery, Route, Sink, SinkError};
 use crate::telemetry::traces::{self, TARGET};
 use crate::telemetry::{HealthKey, StreamMetrics, Telemetry};
 use crate::transform::Transformer;
@@ -52,12 +52,10 @@ pub enum PublishError {
 }
 
 /// The per-event work before the sink: the stream's transforms on a change's object, then
-/// the CloudEvents envelope, addressed to `destination` (a per-resource sink destination
-/// template, if any). Also what `benches/pipeline.rs` measures.
+/// the CloudEvents envelope. Also what `benches/pipeline.rs` measures.
 pub fn prepare(
     transformer: &Transformer,
     event: &mut Event,
-    destination: Option<&Arc<str>>,
     span: &tracing::Span,
 ) -> Result<Encoded, EnvelopeError> {
     if let Event::Object(c) = event {
@@ -66,9 +64,7 @@ pub fn prepare(
         transformer.apply(&c.stream.resource, &mut c.data);
     }
     let _stage = tracing::info_span!(target: TARGET, parent: span, "kubewire.encode").entered();
-    let mut encoded = envelope::encode(event)?;
-    encoded.destination = destination.cloned();
-    Ok(encoded)
+    envelope::encode(event)
 }
 
 /// What a settled item does: its checkpoint progress, and for the metrics what was
@@ -110,8 +106,8 @@ pub struct Publisher {
     pub metrics: StreamMetrics,
     /// Health: a halted stream is reported here.
     pub telemetry: Arc<Telemetry>,
-    /// This resource's destination template for the sink (`resources[].kafka.topic`).
-    pub destination: Option<Arc<str>>,
+    /// Where the stream's events go (resolved once by the sink, at the stream's start).
+    pub route: Route,
 }
 
 /// Items taken from the channel and written ahead in one store transaction.
@@ -249,12 +245,7 @@ impl Publisher {
         };
         // The event's span (disabled when traces are off) ends when this item's future
         // resolves: at the acknowledgement. The stage spans are its children.
-        let encoded = match prepare(
-            &self.transformer,
-            &mut event,
-            self.destination.as_ref(),
-            &span,
-        ) {
+        let encoded = match prepare(&self.transformer, &mut event, &span) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(stream = %self.spec.id, id = %event.id(), error = %e, "cannot encode event; skipping it");
@@ -278,7 +269,7 @@ impl Publisher {
         );
         let sent = self
             .sink
-            .send(encoded)
+            .send(encoded, &self.route)
             .instrument(publish_span.clone())
             .await;
         let ack = match sent {

@@ -18,7 +18,7 @@ use crate::envelope::Encoded;
 use crate::event::{
     Change, ChangeType, Event, ObjectRef, Origin, ResourceInfo, StreamId, TraceContext,
 };
-use crate::sink::{Ack, SendFuture, Sink, SinkError};
+use crate::sink::{Ack, Route, SendFuture, Sink, SinkError};
 use crate::telemetry::Telemetry;
 use crate::transform::Transformer;
 use crate::watch::{Item, StreamSpec};
@@ -41,7 +41,7 @@ struct ScriptedSink {
 }
 
 impl Sink for ScriptedSink {
-    fn send(&self, msg: Encoded) -> SendFuture<'_> {
+    fn send<'a>(&'a self, msg: Encoded, _route: &'a Route) -> SendFuture<'a> {
         Box::pin(async move {
             let name = msg
                 .subject
@@ -186,7 +186,7 @@ async fn publish(
         max_in_flight: 64,
         metrics: telemetry.metrics.stream(&id),
         telemetry: telemetry.clone(),
-        destination: None,
+        route: Route::default(),
     };
     let (tx, rx) = mpsc::channel(64);
     for (i, name) in names.iter().enumerate() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Ack, SendFuture, Sink, SinkError};
+use super::{Ack, Route, SendFuture, Sink, SinkError};
 use crate::envelope::Encoded;
 
 const QUEUE: usize = 4096;
@@ -120,7 +120,7 @@ async fn write_batch<W: AsyncWrite + Unpin>(
 }
 
 impl Sink for LinesSink {
-    fn send(&self, msg: Encoded) -> SendFuture<'_> {
+    fn send<'a>(&'a self, msg: Encoded, _route: &'a Route) -> SendFuture<'a> {
         Box::pin(async move {
             let mut line = msg.payload;
             line.push(b'\n');
@@ -150,17 +150,19 @@ mod tests {
         std::fs::write(&path, "{\"complete\":1}\n{\"torn\":").unwrap();
         let sink = LinesSink::file(&path).await.unwrap();
         let ack = sink
-            .send(Encoded {
-                id: "i".into(),
-                key: "k".into(),
-                ce_type: "t".into(),
-                source: "s".into(),
-                subject: "s".into(),
-                traceparent: String::new(),
-                payload: b"{\"next\":2}".to_vec(),
-                attrs: Default::default(),
-                destination: None,
-            })
+            .send(
+                Encoded {
+                    id: "i".into(),
+                    key: "k".into(),
+                    ce_type: "t".into(),
+                    source: "s".into(),
+                    subject: "s".into(),
+                    traceparent: String::new(),
+                    payload: b"{\"next\":2}".to_vec(),
+                    attrs: Default::default(),
+                },
+                &Route::default(),
+            )
             .await
             .unwrap();
         ack.await.unwrap();

@@ -12,10 +12,12 @@ pub mod secret;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 
 pub use lines::LinesSink;
 
 use crate::envelope::Encoded;
+use crate::envelope::template::Template;
 use serde::{Deserialize, Serialize};
 
 /// Errors of the sink stage: a sink that cannot be built, or an event it did not deliver.
@@ -102,10 +104,26 @@ pub type Ack = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
 /// (after waiting for room).
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Ack, SinkError>> + Send + 'a>>;
 
+/// Where one stream's events go, resolved once when the stream starts into what its sink
+/// needs beyond each event (Kafka: the resource's own topic template, parsed).
+#[derive(Clone, Debug, Default)]
+pub struct Route {
+    pub(crate) topic: Option<Arc<Template>>,
+}
+
 /// The sink contract shared by stdout, file, Kafka and NATS.
 pub trait Sink: Send + Sync {
-    /// Hands one event to the sink. Waits while the sink is full; never drops.
-    fn send(&self, msg: Encoded) -> SendFuture<'_>;
+    /// Hands one event of a stream to the sink, along the stream's `route`. Waits while the
+    /// sink is full; never drops.
+    fn send<'a>(&'a self, msg: Encoded, route: &'a Route) -> SendFuture<'a>;
+
+    /// Resolves a stream's route once, at its start. `destination` is the resource's own
+    /// destination template for this sink, if it has one (`resources[].kafka.topic`); a
+    /// sink without per-resource destinations ignores it (validation refuses it there).
+    fn route(&self, destination: Option<&str>) -> Result<Route, SinkError> {
+        let _ = destination;
+        Ok(Route::default())
+    }
 
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;

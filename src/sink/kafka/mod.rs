@@ -20,7 +20,7 @@ pub mod config;
 mod delivery;
 mod topics;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,7 +40,7 @@ use tokio::task::AbortHandle;
 
 use self::delivery::{Done, Failed, Next, Token};
 use self::topics::{Lookup, Topics};
-use super::{Ack, SendFuture, Sink, SinkCounters, SinkError, SinkHealth};
+use super::{Ack, Route, SendFuture, Sink, SinkCounters, SinkError, SinkHealth};
 use crate::envelope::template::{Placeholder, Template};
 use crate::envelope::{self, Encoded};
 use config::{KafkaSinkConfig, OnOversize};
@@ -85,7 +85,6 @@ struct Inner {
     topics: Topics,
     topic: Template,
     /// Parsed per-resource topic templates, by their text.
-    overrides: Mutex<HashMap<Arc<str>, Arc<Template>>>,
     key: Option<Template>,
     tombstones: bool,
     on_oversize: OnOversize,
@@ -127,7 +126,6 @@ impl KafkaSink {
             topics: Topics::new(admin, cfg.create_topics.clone()),
             topic: Template::parse(&cfg.topic, Placeholder::STREAM)
                 .map_err(|e| bad("sink.topic", e))?,
-            overrides: Mutex::default(),
             key: match &cfg.key {
                 Some(k) => {
                     Some(Template::parse(k, Placeholder::ALL).map_err(|e| bad("sink.key", e))?)
@@ -185,10 +183,10 @@ fn is_producer_only(prop: &str) -> bool {
 }
 
 impl Sink for KafkaSink {
-    fn send(&self, msg: Encoded) -> SendFuture<'_> {
+    fn send<'a>(&'a self, msg: Encoded, route: &'a Route) -> SendFuture<'a> {
         Box::pin(async move {
             let inner = &self.inner;
-            let out = inner.prepare(msg).await?;
+            let out = inner.prepare(msg, route).await?;
             let mut pending = vec![inner.produce(&out).await?];
             if inner.tombstones && out.deleted {
                 let tombstone = Out {
@@ -209,6 +207,19 @@ impl Sink for KafkaSink {
             });
             Ok(ack)
         })
+    }
+
+    fn route(&self, destination: Option<&str>) -> Result<Route, SinkError> {
+        let topic = destination
+            .map(|text| {
+                Template::parse(text, Placeholder::STREAM)
+                    .map(Arc::new)
+                    .map_err(|e| {
+                        SinkError::Config(format!("resources[].kafka.topic {text:?}: {e}"))
+                    })
+            })
+            .transpose()?;
+        Ok(Route { topic })
     }
 
     fn name(&self) -> &'static str {
@@ -326,13 +337,10 @@ impl Inner {
 
     /// Topic, key, headers and the size check: the record for `msg`, or its oversize
     /// replacement.
-    async fn prepare(&self, msg: Encoded) -> Result<Out, SinkError> {
-        let template = match &msg.destination {
-            Some(text) => self.override_template(text)?,
-            None => None,
-        };
+    async fn prepare(&self, msg: Encoded, route: &Route) -> Result<Out, SinkError> {
         let topic = sanitize_topic(
-            template
+            route
+                .topic
                 .as_deref()
                 .unwrap_or(&self.topic)
                 .render(&msg.attrs, "_"),
@@ -363,19 +371,6 @@ impl Inner {
             return Ok(out);
         }
         self.oversize(out, size, limit).await
-    }
-
-    fn override_template(&self, text: &Arc<str>) -> Result<Option<Arc<Template>>, SinkError> {
-        let mut map = self.overrides.lock().unwrap();
-        if let Some(t) = map.get(text) {
-            return Ok(Some(t.clone()));
-        }
-        let t =
-            Arc::new(Template::parse(text, Placeholder::STREAM).map_err(|e| {
-                SinkError::Config(format!("resources[].kafka.topic {text:?}: {e}"))
-            })?);
-        map.insert(text.clone(), t.clone());
-        Ok(Some(t))
     }
 
     /// An event too large for its topic: by default, replaced by a small oversize event.
@@ -549,7 +544,6 @@ fn oversize_replacement(out: Out, size: usize, limit: usize) -> Out {
         traceparent: header("traceparent"),
         payload: out.payload.clone().unwrap_or_default(),
         attrs: Default::default(),
-        destination: None,
     };
     let r = envelope::oversize(&original, size, limit, &format!("topic {}", out.topic));
     Out {

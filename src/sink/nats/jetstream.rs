@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use super::subject::SubjectTemplate;
 use super::{Health, headers, too_large};
 use crate::envelope::Encoded;
-use crate::sink::{Ack, SendFuture, Sink, SinkCounters, SinkError, SinkHealth};
+use crate::sink::{Ack, Route, SendFuture, Sink, SinkCounters, SinkError, SinkHealth};
 
 /// Retry delay after the first failure; doubled per consecutive failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -100,7 +100,7 @@ impl JetStreamSink {
 }
 
 impl Sink for JetStreamSink {
-    fn send(&self, msg: Encoded) -> SendFuture<'_> {
+    fn send<'a>(&'a self, msg: Encoded, _route: &'a Route) -> SendFuture<'a> {
         Box::pin(async move {
             let subject = self.template.render(&msg.attrs);
             let msg = super::fit(msg, &subject, self.max_payload);

@@ -24,7 +24,7 @@ use async_nats::jetstream::stream::{self as js_stream, RetentionPolicy, StorageT
 use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
 
-use super::{Ack, SendFuture, Sink, SinkError, SinkHealth};
+use super::{Ack, Route, SendFuture, Sink, SinkError, SinkHealth};
 use crate::envelope::Encoded;
 use config::{NatsRetention, NatsSinkConfig, NatsStorage};
 use subject::SubjectTemplate;
@@ -352,7 +352,7 @@ struct CoreSink {
 }
 
 impl Sink for CoreSink {
-    fn send(&self, msg: Encoded) -> SendFuture<'_> {
+    fn send<'a>(&'a self, msg: Encoded, _route: &'a Route) -> SendFuture<'a> {
         Box::pin(async move {
             let subject = self.template.render(&msg.attrs);
             let msg = fit(msg, &subject, self.client.server_info().max_payload);
@@ -408,7 +408,6 @@ mod tests {
             traceparent: "00-aa-bb-01".into(),
             payload: b"{}".to_vec(),
             attrs: Default::default(),
-            destination: None,
         };
         let h = headers(&msg);
         let get = |k: &str| h.get(k).map(|v| v.as_str().to_owned());
