@@ -190,7 +190,7 @@ async fn check_config(path: PathBuf, offline: bool) -> ExitCode {
 /// Every configured resource must resolve, through discovery, in every cluster.
 async fn resolve_against_clusters(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
-    for (ci, cluster) in app::clusters(config).iter().enumerate() {
+    for (ci, cluster) in config.clusters().iter().enumerate() {
         let catalog = match connect(cluster).await {
             Ok(c) => c,
             Err(e) => {
@@ -239,7 +239,7 @@ async fn connect(
 async fn resources(path: Option<PathBuf>) -> ExitCode {
     let cluster = match path {
         Some(p) => match Config::load(&p) {
-            Ok(c) => app::clusters(&c).remove(0),
+            Ok(c) => c.clusters().remove(0),
             Err(e) => {
                 print_problems(&e.problems());
                 return ExitCode::from(EXIT_CONFIG);

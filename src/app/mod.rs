@@ -5,15 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::checkpoint::{self, CheckpointError, StateStore, Store};
 use crate::cluster::{self, Catalog, ClusterError, leader};
-use crate::config::{ClusterConfig, Config, ResourceConfig, ResourceRef};
-use crate::event::{ResourceInfo, StreamId};
+use crate::config::{ClusterConfig, Config, ResourceConfig};
+use crate::event::StreamId;
 use crate::publish::Publisher;
 use crate::sink::{self, Sink, SinkError};
 use crate::telemetry::{self, HealthKey, Telemetry, TelemetryError};
@@ -52,15 +51,6 @@ pub enum AppError {
     Leader(#[from] kube_lease_manager::LeaseManagerError),
 }
 
-/// The clusters to watch: the configured ones, or the one inferred the usual way.
-pub fn clusters(config: &Config) -> Vec<ClusterConfig> {
-    if config.clusters.is_empty() {
-        vec![ClusterConfig::default()]
-    } else {
-        config.clusters.clone()
-    }
-}
-
 /// Runs the daemon until `shutdown` is cancelled, then drains and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let store: Arc<dyn StateStore> = Arc::new(Store::open(&config.checkpoint.path)?);
@@ -84,7 +74,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         .await?;
         tracing::info!(address = %addr, "admin server listening (/metrics /healthz /readyz)");
     }
-    tokio::spawn(watch_sink_health(
+    tokio::spawn(telemetry::mirror_sink(
         sink.clone(),
         telemetry.clone(),
         admin_stop.clone(),
@@ -105,33 +95,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     }
     admin_stop.cancel();
     Ok(())
-}
-
-/// Mirrors the sink's reachability into `kubewire_sink_up`, and its recovery totals into
-/// `kubewire_sink_retries_total` / `kubewire_sink_duplicates_total`.
-async fn watch_sink_health(
-    sink: Arc<dyn Sink>,
-    telemetry: Arc<Telemetry>,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut seen = sink::SinkCounters::default();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                let up = sink.health() == sink::SinkHealth::Up;
-                telemetry.metrics.sink_up(sink.name(), up);
-                let now = sink.counters();
-                telemetry.metrics.sink_counted(
-                    sink.name(),
-                    now.retries.saturating_sub(seen.retries),
-                    now.duplicates.saturating_sub(seen.duplicates),
-                );
-                seen = now;
-            }
-        }
-    }
 }
 
 struct Context {
@@ -164,7 +127,7 @@ impl Context {
             publishers: TaskTracker::new(),
         };
         let mut starters = Vec::new();
-        for cluster in clusters(&self.config) {
+        for cluster in self.config.clusters() {
             starters.push(tokio::spawn(
                 self.clone().start_cluster(cluster, term.clone()),
             ));
@@ -194,7 +157,7 @@ impl Context {
     /// Leader election: watch only while holding the lease.
     async fn run_elected(self: &Arc<Self>, shutdown: CancellationToken) -> Result<(), AppError> {
         let le = &self.config.leader_election;
-        let all = clusters(&self.config);
+        let all = self.config.clusters();
         let cluster = le
             .cluster
             .as_ref()
@@ -241,12 +204,7 @@ impl Context {
     /// Connects and discovers (retrying with backoff while the cluster is unreachable),
     /// then starts every stream of this cluster.
     async fn start_cluster(self: Arc<Self>, cluster: ClusterConfig, term: Term) {
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.config.watch.backoff_initial_ms))
-            .with_max_delay(Duration::from_millis(self.config.watch.backoff_max_ms))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut backoff = self.config.watch.backoff();
         let cluster_key = HealthKey::Cluster(cluster.name.clone());
         let (client, catalog) = loop {
             let attempt = async {
@@ -277,7 +235,7 @@ impl Context {
             }
         };
         for (i, rc) in self.config.resources.iter().enumerate() {
-            let info = match resolve(&catalog, rc) {
+            let info = match catalog.resolve_configured(&rc.resource) {
                 Ok(info) => info,
                 Err(e) => {
                     // One bad resource does not stop the others; it shows in /readyz.
@@ -291,15 +249,10 @@ impl Context {
                     continue;
                 }
             };
-            let namespaces: Vec<Option<String>> = if rc.namespaces.is_empty() || !info.namespaced {
-                if !rc.namespaces.is_empty() {
-                    tracing::warn!(resource = %rc.resource, "cluster-scoped resource: namespaces ignored");
-                }
-                vec![None]
-            } else {
-                rc.namespaces.iter().cloned().map(Some).collect()
-            };
-            for ns in namespaces {
+            if !rc.namespaces.is_empty() && !info.namespaced {
+                tracing::warn!(resource = %rc.resource, "cluster-scoped resource: namespaces ignored");
+            }
+            for ns in rc.scopes(info.namespaced) {
                 let id = StreamId {
                     cluster: cluster.name.clone(),
                     resource: info.clone(),
@@ -368,9 +321,4 @@ impl Context {
         tracing::info!(stream = %id, "stream started");
         Ok(())
     }
-}
-
-fn resolve(catalog: &Catalog, rc: &ResourceConfig) -> Result<ResourceInfo, String> {
-    let r = ResourceRef::parse(&rc.resource).map_err(|e| e.to_string())?;
-    catalog.resolve(&r).map_err(|e| e.to_string())
 }

@@ -221,6 +221,13 @@ impl Catalog {
         &self.entries
     }
 
+    /// Resolves a `resources[].resource` string as configured: parsed, then
+    /// [`Catalog::resolve`]d; `Err` is the message that names what is wrong.
+    pub fn resolve_configured(&self, text: &str) -> Result<ResourceInfo, String> {
+        let r = ResourceRef::parse(text).map_err(|e| e.to_string())?;
+        self.resolve(&r).map_err(|e| e.to_string())
+    }
+
     /// Resolves a configured name (plural, kind or singular, optionally with group and
     /// version) to exactly one listable and watchable resource.
     pub fn resolve(&self, r: &ResourceRef) -> Result<ResourceInfo, ClusterError> {

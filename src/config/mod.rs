@@ -369,6 +369,19 @@ pub struct ResourceConfig {
 }
 
 impl ResourceConfig {
+    /// The namespace scope of each of this resource's streams: one per configured
+    /// namespace, or one for all namespaces (`None`) when none is configured or the
+    /// resource is cluster-scoped.
+    pub fn scopes(&self, namespaced: bool) -> Vec<Option<String>> {
+        if self.namespaces.is_empty() || !namespaced {
+            vec![None]
+        } else {
+            self.namespaces.iter().cloned().map(Some).collect()
+        }
+    }
+}
+
+impl ResourceConfig {
     /// An entry for `resource` with every other field at its default.
     pub fn new(resource: impl Into<String>) -> Self {
         Self {
@@ -481,6 +494,20 @@ pub struct WatchConfig {
     pub healthy_reset_seconds: u64,
 }
 
+impl WatchConfig {
+    /// The retry delays of a failing stream or cluster: exponential from `backoffInitialMs`
+    /// to `backoffMaxMs`, with jitter, without end.
+    pub fn backoff(&self) -> impl Iterator<Item = std::time::Duration> + use<> {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(self.backoff_initial_ms))
+            .with_max_delay(std::time::Duration::from_millis(self.backoff_max_ms))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
 impl Default for WatchConfig {
     fn default() -> Self {
         Self {
@@ -586,6 +613,15 @@ const CAMEL_CASE_FIELDS: &[&str] = &[
 const LIST_FIELDS: &[&str] = &["namespaces", "events"];
 
 impl Config {
+    /// The clusters to watch: the configured ones, or the one inferred the usual way.
+    pub fn clusters(&self) -> Vec<ClusterConfig> {
+        if self.clusters.is_empty() {
+            vec![ClusterConfig::default()]
+        } else {
+            self.clusters.clone()
+        }
+    }
+
     /// Loads `path` (YAML or TOML by extension) with overrides from the process environment.
     /// Does not validate: call [`Config::validate`] (or use [`Config::load_valid`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

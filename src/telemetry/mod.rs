@@ -17,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 pub use admin::serve;
 
@@ -642,6 +643,29 @@ impl Health {
             })
             .map(|(k, _)| k.to_string())
             .collect()
+    }
+}
+
+/// Mirrors the sink's reachability into `kubewire_sink_up`, and its recovery totals into
+/// `kubewire_sink_retries_total` / `kubewire_sink_duplicates_total`.
+pub async fn mirror_sink(sink: Arc<dyn Sink>, telemetry: Arc<Telemetry>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut seen = crate::sink::SinkCounters::default();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let up = sink.health() == SinkHealth::Up;
+                telemetry.metrics.sink_up(sink.name(), up);
+                let now = sink.counters();
+                telemetry.metrics.sink_counted(
+                    sink.name(),
+                    now.retries.saturating_sub(seen.retries),
+                    now.duplicates.saturating_sub(seen.duplicates),
+                );
+                seen = now;
+            }
+        }
     }
 }
 

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use futures::TryStreamExt;
 use kube::Resource;
@@ -230,12 +229,7 @@ impl WatchLoop {
     }
 
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.settings.backoff_initial_ms))
-            .with_max_delay(Duration::from_millis(self.settings.backoff_max_ms))
-            .with_jitter()
-            .without_max_times()
-            .build()
+        self.settings.backoff()
     }
 
     /// Runs until cancelled or until the pipeline closes. Errors never end it.
