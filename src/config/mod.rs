@@ -555,59 +555,46 @@ pub enum LogFormat {
     Json,
 }
 
-/// Every camelCase field name: env segments are matched against these (case- and
-/// underscore-insensitively). A test checks the list is complete.
-const CAMEL_CASE_FIELDS: &[&str] = &[
-    // leader election
-    "leaderElection",
-    "leaseName",
-    "leaseNamespace",
-    "leaseDurationSeconds",
-    "renewGraceSeconds",
-    "labelSelector",
-    "fieldSelector",
-    "stripManagedFields",
-    "stripLastApplied",
-    "redactSecrets",
-    "commitIntervalMs",
-    "redactionKeyPath",
-    "pageSize",
-    "timeoutSeconds",
-    "idleTimeoutSeconds",
-    "channelCapacity",
-    "backoffInitialMs",
-    "backoffMaxMs",
-    "healthyResetSeconds",
-    // telemetry.otlp
-    "serviceName",
-    "maxQueueSize",
-    "maxExportBatchSize",
-    "scheduledDelayMs",
-    "exportTimeoutMs",
-    // Kafka sink
-    "createTopics",
-    "onOversize",
-    "queueMaxMessages",
-    "queueMaxKbytes",
-    "securityProtocol",
-    "replicationFactor",
-    "cleanupPolicy",
-    "passwordEnv",
-    "passwordFile",
-    "caFile",
-    "certFile",
-    "keyFile",
-    "keyPasswordEnv",
-    "keyPasswordFile",
-    // NATS sink (caFile, certFile, keyFile above)
-    "maxOutstandingAcks",
-    "ackTimeoutMs",
-    "maxAgeSeconds",
-    "maxBytes",
-    "duplicateWindowSeconds",
-    "nkeySeed",
-    "credentialsFile",
-];
+/// Every field name of the file's structure, read off the structs themselves (their
+/// serialized defaults, one of each sink and of a resource and a cluster): env segments are
+/// matched against these case- and underscore-insensitively, so a new field needs no list
+/// kept by hand.
+fn field_names() -> &'static std::collections::BTreeSet<String> {
+    static NAMES: std::sync::OnceLock<std::collections::BTreeSet<String>> =
+        std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        fn walk(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        out.insert(k.clone());
+                        walk(v, out);
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let samples = [
+            serde_json::to_value(Config::default()),
+            serde_json::to_value(SinkConfig::Kafka(Default::default())),
+            serde_json::to_value(SinkConfig::Nats(Default::default())),
+            serde_json::to_value(ResourceConfig::new("configmaps")),
+            serde_json::to_value(ClusterConfig::default()),
+        ];
+        let mut out = std::collections::BTreeSet::new();
+        for v in samples {
+            walk(&v.expect("the configuration serializes"), &mut out);
+        }
+        out
+    })
+}
+
+/// Whether `name` is a field of the configuration (for the tests of the sinks' sections).
+#[cfg(test)]
+pub(crate) fn is_field_name(name: &str) -> bool {
+    field_names().contains(name)
+}
 
 /// Fields whose environment value is a comma-separated list.
 const LIST_FIELDS: &[&str] = &["namespaces", "events"];
@@ -749,10 +736,10 @@ fn env_path(rest: &str) -> Result<(String, bool), String> {
             .filter(|c| *c != '_')
             .map(|c| c.to_ascii_lowercase())
             .collect();
-        let field = CAMEL_CASE_FIELDS
+        let field = field_names()
             .iter()
-            .find(|f| f.to_ascii_lowercase() == normalized)
-            .map(|f| (*f).to_owned())
+            .find(|f| f.to_ascii_lowercase().replace('_', "") == normalized)
+            .cloned()
             .unwrap_or(normalized);
         if !path.is_empty() {
             path.push('.');

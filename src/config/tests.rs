@@ -242,7 +242,7 @@ fn camel_case_field_list_is_complete() {
     walk(&serde_json::to_value(&c).unwrap(), &mut keys);
     for k in keys {
         if k.chars().any(|c| c.is_ascii_uppercase()) {
-            assert!(CAMEL_CASE_FIELDS.contains(&k.as_str()), "{k} missing");
+            assert!(is_field_name(&k), "{k} missing");
         }
     }
 }
