@@ -22,7 +22,7 @@ pub mod template;
 use chrono::SecondsFormat;
 use serde::Serialize;
 
-use crate::event::{Change, Event, RelistMarker, ResourceInfo, StreamId};
+use crate::event::{Change, ChangeType, Event, RelistMarker, ResourceInfo, StreamId};
 
 /// `type` of a relist marker.
 pub const RELISTED_TYPE: &str = "io.kubewire.stream.relisted";
@@ -61,6 +61,9 @@ pub struct Encoded {
     pub payload: Vec<u8>,
     /// Where the event comes from, for sinks' topic / subject / key templates.
     pub attrs: Attrs,
+    /// The change an object event (or its oversize stand-in) stands for; `None` for a
+    /// relist marker.
+    pub change: Option<ChangeType>,
 }
 
 /// The stream and object an event is about: the values of `{cluster}`, `{group}`, ... in
@@ -243,6 +246,7 @@ fn encode_change(change: &Change) -> Result<Encoded, EnvelopeError> {
         attrs: Attrs::new(stream, obj.namespace.as_deref(), Some(&obj.name)),
         key: obj.key(),
         ce_type: ce_type.to_owned(),
+        change: Some(change.change),
         id,
         source,
         subject,
@@ -295,6 +299,7 @@ fn encode_marker(marker: &RelistMarker) -> Result<Encoded, EnvelopeError> {
         attrs: Attrs::new(stream, stream.namespace.as_deref(), None),
         key: marker.key(),
         ce_type: RELISTED_TYPE.to_owned(),
+        change: None,
         id,
         source,
         subject,
@@ -342,6 +347,7 @@ pub fn oversize(msg: &Encoded, size: usize, limit: usize, destination: &str) -> 
         id,
         key: msg.key.clone(),
         ce_type: OVERSIZE_TYPE.into(),
+        change: msg.change,
         source: msg.source.clone(),
         subject: msg.subject.clone(),
         traceparent: msg.traceparent.clone(),

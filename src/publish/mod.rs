@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::checkpoint::{CheckpointError, Progress, SentEntry, StateStore, Uncommitted};
 use crate::envelope::{self, Encoded, EnvelopeError};
-use crate::event::{Event, Origin};
+use crate::event::{ChangeType, Event, Origin};
 use crate::sink::{Delivery, Route, Sink, SinkError};
 use crate::telemetry::traces::{self, TARGET};
 use crate::telemetry::{HealthKey, StreamMetrics, Telemetry};
@@ -71,8 +71,8 @@ pub fn prepare(
 /// published. `failed` stops the stream's progress at this item.
 struct Effect {
     progress: Progress,
-    /// (type label, origin) of an event the sink acknowledged.
-    published: Option<(&'static str, Origin)>,
+    /// (change, origin) of an event the sink acknowledged; no change for a relist marker.
+    published: Option<(Option<ChangeType>, Origin)>,
     failed: Option<PublishError>,
 }
 
@@ -145,7 +145,7 @@ impl Publisher {
                         break;
                     }
                     if let Some((change, origin)) = effect.published {
-                        self.metrics.published(change, origin.as_str());
+                        self.metrics.published(change, origin);
                         if origin != Origin::Watch {
                             self.metrics.initial_sync_add("published");
                         }
@@ -240,8 +240,8 @@ impl Publisher {
             return Box::pin(futures::future::ready(effect));
         }
         let published = match event.as_ref() {
-            Event::Object(c) => (c.change.as_str(), c.origin),
-            Event::Relisted(_) => ("relisted", Origin::Relist),
+            Event::Object(c) => (Some(c.change), c.origin),
+            Event::Relisted(_) => (None, Origin::Relist),
         };
         // The event's span (disabled when traces are off) ends when this item's future
         // resolves: at the acknowledgement. The stage spans are its children.

@@ -160,6 +160,7 @@ mod tests {
                     traceparent: String::new(),
                     payload: b"{\"next\":2}".to_vec(),
                     attrs: Default::default(),
+                    change: None,
                 },
                 &Route::default(),
             )

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use admin::serve;
 
-use crate::event::StreamId;
+use crate::event::{ChangeType, Origin, StreamId};
 use crate::sink::{Sink, SinkHealth};
 
 /// Errors of the telemetry stage.
@@ -391,14 +391,15 @@ impl StreamMetrics {
         &self.metrics
     }
 
-    /// Counts one event acknowledged by the sink, by type and origin.
-    pub fn published(&self, change: &str, origin: &str) {
+    /// Counts one event acknowledged by the sink, by type (`None`: a relist marker,
+    /// `relisted`) and origin.
+    pub fn published(&self, change: Option<ChangeType>, origin: Origin) {
         self.metrics
             .published
             .get_or_create(&PublishedLabels {
                 stream: self.labels.clone(),
-                r#type: change.into(),
-                origin: origin.into(),
+                r#type: change.map_or("relisted", ChangeType::as_str).into(),
+                origin: origin.as_str().into(),
             })
             .inc();
     }

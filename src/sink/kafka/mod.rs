@@ -358,7 +358,7 @@ impl Inner {
                 &msg.subject,
                 &msg.traceparent,
             )),
-            deleted: msg.ce_type == crate::envelope::object_type(crate::event::ChangeType::Deleted),
+            deleted: msg.change == Some(crate::event::ChangeType::Deleted),
             payload: Some(msg.payload),
             topic,
             key,
@@ -544,6 +544,8 @@ fn oversize_replacement(out: Out, size: usize, limit: usize) -> Out {
         traceparent: header("traceparent"),
         payload: out.payload.clone().unwrap_or_default(),
         attrs: Default::default(),
+        // Only the stand-in's own fields are read from here; tombstones follow `out.deleted`.
+        change: None,
     };
     let r = envelope::oversize(&original, size, limit, &format!("topic {}", out.topic));
     Out {

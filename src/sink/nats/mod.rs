@@ -408,6 +408,7 @@ mod tests {
             traceparent: "00-aa-bb-01".into(),
             payload: b"{}".to_vec(),
             attrs: Default::default(),
+            change: Some(crate::event::ChangeType::Added),
         };
         let h = headers(&msg);
         let get = |k: &str| h.get(k).map(|v| v.as_str().to_owned());
