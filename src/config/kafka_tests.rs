@@ -70,18 +70,10 @@ fn env_overrides_reach_kafka_fields() {
 
 #[test]
 fn every_camel_case_field_is_known_to_env_overrides() {
-    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
-        if let serde_json::Value::Object(m) = v {
-            for (k, v) in m {
-                out.push(k.clone());
-                walk(v, out);
-            }
-        }
-    }
     let c = load(FULL, &[]);
-    let mut keys = Vec::new();
-    walk(&serde_json::to_value(&c.sink).unwrap(), &mut keys);
-    walk(&serde_json::to_value(&c.resources).unwrap()[0], &mut keys);
+    let mut keys = std::collections::BTreeSet::new();
+    crate::config::json_keys(&serde_json::to_value(&c.sink).unwrap(), &mut keys);
+    crate::config::json_keys(&serde_json::to_value(&c.resources).unwrap()[0], &mut keys);
     for k in keys {
         if k.chars().any(|c| c.is_ascii_uppercase()) && !k.contains('.') {
             assert!(crate::config::is_field_name(&k), "{k} missing");

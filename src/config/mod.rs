@@ -563,18 +563,6 @@ fn field_names() -> &'static std::collections::BTreeSet<String> {
     static NAMES: std::sync::OnceLock<std::collections::BTreeSet<String>> =
         std::sync::OnceLock::new();
     NAMES.get_or_init(|| {
-        fn walk(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
-            match v {
-                serde_json::Value::Object(m) => {
-                    for (k, v) in m {
-                        out.insert(k.clone());
-                        walk(v, out);
-                    }
-                }
-                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-                _ => {}
-            }
-        }
         let samples = [
             serde_json::to_value(Config::default()),
             serde_json::to_value(SinkConfig::Kafka(Default::default())),
@@ -584,10 +572,24 @@ fn field_names() -> &'static std::collections::BTreeSet<String> {
         ];
         let mut out = std::collections::BTreeSet::new();
         for v in samples {
-            walk(&v.expect("the configuration serializes"), &mut out);
+            json_keys(&v.expect("the configuration serializes"), &mut out);
         }
         out
     })
+}
+
+/// Every object key in `v`, at any depth (into arrays too).
+pub(crate) fn json_keys(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                out.insert(k.clone());
+                json_keys(v, out);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| json_keys(v, out)),
+        _ => {}
+    }
 }
 
 /// Whether `name` is a field of the configuration (for the tests of the sinks' sections).

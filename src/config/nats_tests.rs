@@ -34,16 +34,8 @@ fn full() -> NatsSinkConfig {
 
 #[test]
 fn every_camel_case_nats_field_is_listed_for_env_overrides() {
-    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
-        if let serde_json::Value::Object(m) = v {
-            for (k, v) in m {
-                out.push(k.clone());
-                walk(v, out);
-            }
-        }
-    }
-    let mut keys = Vec::new();
-    walk(&serde_json::to_value(full()).unwrap(), &mut keys);
+    let mut keys = std::collections::BTreeSet::new();
+    crate::config::json_keys(&serde_json::to_value(full()).unwrap(), &mut keys);
     for k in keys {
         if k.chars().any(|c| c.is_ascii_uppercase()) {
             assert!(crate::config::is_field_name(&k), "{k} missing");

@@ -218,18 +218,6 @@ fn malformed_env_variable_is_a_problem() {
 
 #[test]
 fn camel_case_field_list_is_complete() {
-    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, v) in m {
-                    out.push(k.clone());
-                    walk(v, out);
-                }
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
     let mut c = Config::default();
     let mut r = ResourceConfig::new("configmaps");
     r.label_selector = Some("a=b".into());
@@ -238,8 +226,8 @@ fn camel_case_field_list_is_complete() {
     c.checkpoint.redaction_key_path = Some("/k".into());
     c.clusters[0].kubeconfig = Some("/k".into());
     c.clusters[0].context = Some("x".into());
-    let mut keys = Vec::new();
-    walk(&serde_json::to_value(&c).unwrap(), &mut keys);
+    let mut keys = std::collections::BTreeSet::new();
+    crate::config::json_keys(&serde_json::to_value(&c).unwrap(), &mut keys);
     for k in keys {
         if k.chars().any(|c| c.is_ascii_uppercase()) {
             assert!(is_field_name(&k), "{k} missing");

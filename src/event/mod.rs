@@ -88,6 +88,26 @@ impl StreamId {
     }
 }
 
+#[cfg(test)]
+impl StreamId {
+    /// The stream of the unit tests: ConfigMaps in `default` on cluster `test`.
+    pub(crate) fn test_configmaps() -> Self {
+        StreamId {
+            cluster: "test".into(),
+            resource: ResourceInfo {
+                group: String::new(),
+                version: "v1".into(),
+                resource: "configmaps".into(),
+                kind: "ConfigMap".into(),
+                namespaced: true,
+            },
+            namespace: Some("default".into()),
+            label_selector: None,
+            field_selector: None,
+        }
+    }
+}
+
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.cluster, self.resource.qualified_name())?;

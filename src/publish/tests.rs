@@ -15,9 +15,7 @@ use crate::checkpoint::{
 };
 use crate::config::TransformConfig;
 use crate::envelope::Encoded;
-use crate::event::{
-    Change, ChangeType, Event, ObjectRef, Origin, ResourceInfo, StreamId, TraceContext,
-};
+use crate::event::{Change, ChangeType, Event, ObjectRef, Origin, StreamId, TraceContext};
 use crate::sink::{Ack, Route, SendFuture, Sink, SinkError};
 use crate::telemetry::Telemetry;
 use crate::transform::Transformer;
@@ -108,19 +106,7 @@ impl StateStore for Flaky {
 }
 
 fn stream() -> Arc<StreamId> {
-    Arc::new(StreamId {
-        cluster: "test".into(),
-        resource: ResourceInfo {
-            group: String::new(),
-            version: "v1".into(),
-            resource: "configmaps".into(),
-            kind: "ConfigMap".into(),
-            namespaced: true,
-        },
-        namespace: Some("default".into()),
-        label_selector: None,
-        field_selector: None,
-    })
+    Arc::new(StreamId::test_configmaps())
 }
 
 fn change(id: &Arc<StreamId>, name: &str, rv: &str) -> Item {

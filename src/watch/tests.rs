@@ -16,7 +16,7 @@ use tower_test::mock;
 use super::{Item, StreamSpec, WatchLoop};
 use crate::checkpoint::{IndexEntry, SentEntry, StreamCheckpoint};
 use crate::config::WatchConfig;
-use crate::event::{Change, ChangeType, Event, Origin, RelistMarker, ResourceInfo, StreamId};
+use crate::event::{Change, ChangeType, Event, Origin, RelistMarker, StreamId};
 use crate::telemetry::Telemetry;
 
 // kube's own body cannot stay open without data; axum's can, which the idle test needs.
@@ -43,19 +43,7 @@ impl Drop for Harness {
 fn start(checkpoint: StreamCheckpoint, settings: WatchConfig) -> Harness {
     let (service, api) = mock::pair::<Request<kube::client::Body>, Response<ResponseBody>>();
     let client = kube::Client::new(service, "default");
-    let id = Arc::new(StreamId {
-        cluster: "test".into(),
-        resource: ResourceInfo {
-            group: String::new(),
-            version: "v1".into(),
-            resource: "configmaps".into(),
-            kind: "ConfigMap".into(),
-            namespaced: true,
-        },
-        namespace: Some("default".into()),
-        label_selector: None,
-        field_selector: None,
-    });
+    let id = Arc::new(StreamId::test_configmaps());
     let telemetry = Arc::new(Telemetry::default());
     let metrics = telemetry.metrics.stream(&id);
     let spec = StreamSpec {
