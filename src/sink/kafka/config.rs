@@ -211,7 +211,7 @@ pub struct SaslConfig {
     pub username: Option<String>,
     /// Environment variable holding the password.
     pub password_env: Option<String>,
-    /// File holding the password (trailing whitespace ignored).
+    /// File holding the password (whitespace around it ignored, as for every secret).
     pub password_file: Option<PathBuf>,
 }
 
@@ -227,7 +227,7 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
     /// Environment variable holding the private key's passphrase.
     pub key_password_env: Option<String>,
-    /// File holding the private key's passphrase (trailing whitespace ignored).
+    /// File holding the private key's passphrase (whitespace around it ignored).
     pub key_password_file: Option<PathBuf>,
 }
 
