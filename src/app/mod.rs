@@ -56,11 +56,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let store: Arc<dyn StateStore> = Arc::new(Store::open(&config.checkpoint.path)?);
     // Stable across restarts: a replayed Secret event must carry the same markers.
     let key = checkpoint::load_or_create_key(&config.checkpoint.redaction_key_file())?;
-    let sink: Arc<dyn Sink> = Arc::from(sink::build(&config.sink).await?);
     let telemetry = Arc::new(Telemetry::default());
-    telemetry.health.set_sink(sink.clone());
-    telemetry.metrics.init_sink(sink.name());
     let admin_stop = CancellationToken::new();
+    // One attempt now, so that a configuration the sink refuses fails the start; an
+    // unreachable destination is waited for when a term needs the sink (a standby never
+    // does), never a reason to exit.
+    let sink = tokio::sync::OnceCell::new();
+    match sink::build(&config.sink).await {
+        Ok(s) => {
+            let s: Arc<dyn Sink> = Arc::from(s);
+            observe_sink(&telemetry, &s, &admin_stop);
+            let _ = sink.set(s);
+        }
+        Err(e) if e.is_unreachable() => {
+            tracing::warn!(sink = config.sink.type_name(), error = %e, "sink unreachable at start; waiting for it");
+        }
+        Err(e) => return Err(e.into()),
+    }
     if config.admin.enabled {
         // A loop that shows no sign of life for longer than its own idle timeout plus a
         // margin is wedged.
@@ -74,11 +86,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         .await?;
         tracing::info!(address = %addr, "admin server listening (/metrics /healthz /readyz)");
     }
-    tokio::spawn(telemetry::mirror_sink(
-        sink.clone(),
-        telemetry.clone(),
-        admin_stop.clone(),
-    ));
     let elect = config.leader_election.enabled;
     let ctx = Arc::new(Context {
         config: Arc::new(config),
@@ -86,6 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         sink,
         redaction_key: key,
         telemetry,
+        admin_stop: admin_stop.clone(),
     });
     if elect {
         ctx.run_elected(shutdown).await?;
@@ -97,17 +105,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     Ok(())
 }
 
+/// Reports a built sink in `/readyz` and the metrics.
+fn observe_sink(telemetry: &Arc<Telemetry>, sink: &Arc<dyn Sink>, stop: &CancellationToken) {
+    telemetry.health.set_sink(sink.clone());
+    telemetry.metrics.init_sink(sink.name());
+    tokio::spawn(telemetry::mirror_sink(
+        sink.clone(),
+        telemetry.clone(),
+        stop.clone(),
+    ));
+}
+
 struct Context {
     config: Arc<Config>,
     store: Arc<dyn StateStore>,
-    sink: Arc<dyn Sink>,
+    /// Built at start, or once its destination is reachable.
+    sink: tokio::sync::OnceCell<Arc<dyn Sink>>,
     redaction_key: Vec<u8>,
     telemetry: Arc<Telemetry>,
+    admin_stop: CancellationToken,
 }
 
 /// One period of watching: its watch loops and publishers.
 #[derive(Clone)]
 struct Term {
+    /// Where the publishers send.
+    sink: Arc<dyn Sink>,
     /// Cancelled to stop the watch loops.
     watching: CancellationToken,
     /// Cancelled to make the publishers stop taking new events (leadership lost).
@@ -116,12 +139,60 @@ struct Term {
 }
 
 impl Context {
+    /// The sink, built now if the start could not reach it: retried with backoff while its
+    /// destination is unreachable (`/readyz` says `sink <type>: waiting: …`); `None` when
+    /// `stop` comes first or the sink fails otherwise (logged).
+    async fn wait_for_sink(&self, stop: &CancellationToken) -> Option<Arc<dyn Sink>> {
+        let key = HealthKey::Sink(self.config.sink.type_name());
+        let attempts = async {
+            let mut delay = Duration::from_millis(500);
+            self.sink
+                .get_or_try_init(|| async {
+                    loop {
+                        match sink::build(&self.config.sink).await {
+                            Ok(s) => {
+                                let s: Arc<dyn Sink> = Arc::from(s);
+                                self.telemetry.health.remove(&key);
+                                tracing::info!(sink = s.name(), "sink reachable");
+                                observe_sink(&self.telemetry, &s, &self.admin_stop);
+                                return Ok(s);
+                            }
+                            Err(e) if e.is_unreachable() => {
+                                self.telemetry
+                                    .health
+                                    .update(&key, |h| h.error = Some(e.to_string()));
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(Duration::from_secs(10));
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                })
+                .await
+                .cloned()
+        };
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            r = attempts => match r {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "sink cannot be built; nothing is published");
+                    None
+                }
+            },
+        }
+    }
+
     /// Watches until `stop`, then stops the watches and lets the publishers finish:
     /// everything already read is published (graceful shutdown: drain), unless `abort` was
     /// cancelled first, in which case only what the sink already holds is awaited
     /// (leadership lost: stop publishing at once).
     async fn run_term(self: &Arc<Self>, stop: CancellationToken, abort: CancellationToken) {
+        let Some(sink) = self.wait_for_sink(&stop).await else {
+            return;
+        };
         let term = Term {
+            sink,
             watching: CancellationToken::new(),
             abort,
             publishers: TaskTracker::new(),
@@ -287,7 +358,7 @@ impl Context {
         };
         let transformer = Arc::new(Transformer::new(&rc.transform, self.redaction_key.clone())?);
         // The resource's own destination, resolved by the sink once for the stream.
-        let route = self
+        let route = term
             .sink
             .route(rc.kafka.as_ref().and_then(|k| k.topic.as_deref()))?;
         let (tx, rx) = mpsc::channel(self.config.watch.channel_capacity);
@@ -303,7 +374,7 @@ impl Context {
         );
         let publisher = Publisher {
             spec,
-            sink: self.sink.clone(),
+            sink: term.sink.clone(),
             transformer,
             store: self.store.clone(),
             commit_interval: Duration::from_millis(self.config.checkpoint.commit_interval_ms),

@@ -73,6 +73,14 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// The destination could not be reached: worth waiting for, unlike a configuration the
+    /// sink refuses.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, SinkError::Connect(_))
+    }
+}
+
 /// What became of one event handed to a sink: only a delivery, or a rejection for good of
 /// that one event, lets the checkpoint move past it.
 #[derive(Debug)]

@@ -501,6 +501,8 @@ pub enum HealthKey {
     Stream(String),
     /// A cluster being connected to or discovered.
     Cluster(String),
+    /// A sink whose destination cannot be reached yet, by its type.
+    Sink(&'static str),
     /// A configured resource that does not resolve on a cluster (yet).
     Resource {
         /// The cluster's name.
@@ -517,6 +519,7 @@ impl std::fmt::Display for HealthKey {
         match self {
             HealthKey::Stream(name) => write!(f, "stream {name}"),
             HealthKey::Cluster(name) => write!(f, "cluster {name}"),
+            HealthKey::Sink(name) => write!(f, "sink {name}"),
             HealthKey::Resource {
                 cluster,
                 path,
@@ -604,7 +607,7 @@ impl Health {
         for (key, s) in &entries {
             match (&s.halted, &s.error, s.synced, key) {
                 (Some(why), _, _, _) => problems.push(format!("{key}: halted: {why}")),
-                (None, Some(e), _, HealthKey::Resource { .. }) => {
+                (None, Some(e), _, HealthKey::Resource { .. } | HealthKey::Sink(_)) => {
                     problems.push(format!("{key}: waiting: {e}"))
                 }
                 (None, Some(e), _, _) => problems.push(format!("{key}: {e}")),

@@ -32,9 +32,6 @@ use subject::SubjectTemplate;
 /// `Content-Type` of a structured-mode CloudEvent.
 pub const CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
 
-/// How long start-up keeps trying to reach the server before giving up.
-const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
-
 /// Builds the NATS sink: connects, prepares or checks the stream, starts the publisher.
 pub async fn build(cfg: &NatsSinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     let template = SubjectTemplate::parse(&cfg.subject)
@@ -75,56 +72,45 @@ pub async fn build(cfg: &NatsSinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     }
 }
 
-/// Connects with the configured auth and TLS; retries for [`CONNECT_PATIENCE`], then fails.
-/// Once connected, the client reconnects forever; [`Health`] follows its state.
+/// Connects with the configured auth and TLS, once: an unreachable server is
+/// [`SinkError::Connect`], which the caller retries with its own backoff (and its own
+/// readiness report) for as long as it needs the sink. Once connected, the client reconnects
+/// forever; [`Health`] follows its state.
 async fn connect(
     cfg: &NatsSinkConfig,
     health: Arc<Health>,
     connected: tokio::sync::watch::Sender<bool>,
 ) -> Result<async_nats::Client, SinkError> {
     let url = cfg.url.clone();
-    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
-    let mut delay = Duration::from_millis(250);
-    loop {
+    let opts = options(cfg).await?.event_callback(move |event| {
         let health = health.clone();
         let connected = connected.clone();
-        let opts = options(cfg).await?.event_callback(move |event| {
-            let health = health.clone();
-            let connected = connected.clone();
-            async move {
-                match event {
-                    async_nats::Event::Disconnected => {
-                        connected.send_replace(false);
-                        health.set_connection(Some("disconnected from the NATS server".into()));
-                    }
-                    async_nats::Event::Connected => {
-                        connected.send_replace(true);
-                        health.set_connection(None);
-                    }
-                    async_nats::Event::Closed => {
-                        connected.send_replace(false);
-                        health.set_connection(Some("NATS connection closed".into()));
-                    }
-                    other => tracing::warn!(sink = "nats", event = %other, "NATS client event"),
+        async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    connected.send_replace(false);
+                    health.set_connection(Some("disconnected from the NATS server".into()));
                 }
-            }
-        });
-        match opts.connect(url.as_str()).await {
-            Ok(client) => {
-                tracing::info!(sink = "nats", %url, max_payload = client.server_info().max_payload, "connected to NATS");
-                return Ok(client);
-            }
-            Err(e) if tokio::time::Instant::now() + delay < deadline => {
-                tracing::warn!(sink = "nats", %url, error = %e, "cannot connect to NATS yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                return Err(SinkError::Connect(format!(
-                    "cannot connect to NATS at {url}: {e}"
-                )));
+                async_nats::Event::Connected => {
+                    connected.send_replace(true);
+                    health.set_connection(None);
+                }
+                async_nats::Event::Closed => {
+                    connected.send_replace(false);
+                    health.set_connection(Some("NATS connection closed".into()));
+                }
+                other => tracing::warn!(sink = "nats", event = %other, "NATS client event"),
             }
         }
+    });
+    match opts.connect(url.as_str()).await {
+        Ok(client) => {
+            tracing::info!(sink = "nats", %url, max_payload = client.server_info().max_payload, "connected to NATS");
+            Ok(client)
+        }
+        Err(e) => Err(SinkError::Connect(format!(
+            "cannot connect to NATS at {url}: {e}"
+        ))),
     }
 }
 
