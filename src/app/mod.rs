@@ -305,37 +305,83 @@ impl Context {
                 }
             }
         };
-        for (i, rc) in self.config.resources.iter().enumerate() {
-            let info = match catalog.resolve_configured(&rc.resource) {
-                Ok(info) => info,
-                Err(e) => {
-                    // One bad resource does not stop the others; it shows in /readyz.
-                    tracing::error!(cluster = %cluster.name, resource = %rc.resource, path = %format!("resources[{i}].resource"), error = %e, "resource not watched");
-                    let key = HealthKey::Resource {
-                        cluster: cluster.name.clone(),
-                        path: format!("resources[{i}]"),
-                        resource: rc.resource.clone(),
-                    };
-                    self.telemetry.health.update(&key, |s| s.error = Some(e));
-                    continue;
-                }
-            };
-            if !rc.namespaces.is_empty() && !info.namespaced {
-                tracing::warn!(resource = %rc.resource, "cluster-scoped resource: namespaces ignored");
+        // Resources that do not resolve (yet: a CRD installed after kubewire) are retried
+        // against a fresh discovery every `watch.discoveryIntervalSeconds`, and streamed as
+        // soon as they resolve — without a restart, and never failing /healthz meanwhile.
+        let mut pending: Vec<usize> = (0..self.config.resources.len()).collect();
+        let mut catalog = catalog;
+        let interval = Duration::from_secs(self.config.watch.discovery_interval_seconds);
+        loop {
+            pending.retain(|&i| !self.start_resource(&cluster, &client, &catalog, i, &term));
+            if pending.is_empty() {
+                return;
             }
-            for ns in rc.scopes(info.namespaced) {
-                let id = StreamId {
-                    cluster: cluster.name.clone(),
-                    resource: info.clone(),
-                    namespace: ns,
-                    label_selector: rc.label_selector.clone(),
-                    field_selector: rc.field_selector.clone(),
-                };
-                if let Err(e) = self.start_stream(client.clone(), id, rc, &term).await {
-                    tracing::error!(cluster = %cluster.name, resource = %rc.resource, error = %e, "stream not started");
-                }
+            tokio::select! {
+                _ = term.watching.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match Catalog::discover(&cluster.name, &client).await {
+                Ok(fresh) => catalog = fresh,
+                Err(e) => tracing::warn!(cluster = %cluster.name, error = %e, "discovery failed; retrying later"),
             }
         }
+    }
+
+    /// Starts the streams of `resources[index]` if it resolves in `catalog`; otherwise
+    /// reports it waiting (logged when it first fails). Returns whether it resolved.
+    fn start_resource(
+        self: &Arc<Self>,
+        cluster: &ClusterConfig,
+        client: &kube::Client,
+        catalog: &Catalog,
+        index: usize,
+        term: &Term,
+    ) -> bool {
+        let rc = &self.config.resources[index];
+        let key = HealthKey::Resource {
+            cluster: cluster.name.clone(),
+            path: format!("resources[{index}]"),
+            resource: rc.resource.clone(),
+        };
+        let info = match catalog.resolve_configured(&rc.resource) {
+            Ok(info) => info,
+            Err(e) => {
+                // One bad resource does not stop the others; it shows in /readyz.
+                let mut first = false;
+                self.telemetry.health.update(&key, |s| {
+                    first = s.error.is_none();
+                    s.error = Some(e.clone());
+                });
+                if first {
+                    tracing::error!(cluster = %cluster.name, resource = %rc.resource, path = %format!("resources[{index}].resource"), error = %e, "resource not watched");
+                }
+                return false;
+            }
+        };
+        self.telemetry.health.remove(&key);
+        if !rc.namespaces.is_empty() && !info.namespaced {
+            tracing::warn!(resource = %rc.resource, "cluster-scoped resource: namespaces ignored");
+        }
+        for ns in rc.scopes(info.namespaced) {
+            let id = StreamId {
+                cluster: cluster.name.clone(),
+                resource: info.clone(),
+                namespace: ns,
+                label_selector: rc.label_selector.clone(),
+                field_selector: rc.field_selector.clone(),
+            };
+            let ctx = self.clone();
+            let (client, term) = (client.clone(), term.clone());
+            let cluster_name = cluster.name.clone();
+            let resource = rc.resource.clone();
+            tokio::spawn(async move {
+                let rc = &ctx.config.resources[index];
+                if let Err(e) = ctx.start_stream(client, id, rc, &term).await {
+                    tracing::error!(cluster = %cluster_name, %resource, error = %e, "stream not started");
+                }
+            });
+        }
+        true
     }
 
     async fn start_stream(

@@ -492,6 +492,10 @@ pub struct WatchConfig {
     pub backoff_max_ms: u64,
     /// A watch healthy for this many seconds resets the backoff. Default: 60.
     pub healthy_reset_seconds: u64,
+    /// How often a cluster's discovery is read again while a configured resource does not
+    /// resolve there (a CRD not installed yet), in seconds; the resource is streamed as
+    /// soon as it resolves. Default: 30.
+    pub discovery_interval_seconds: u64,
 }
 
 impl WatchConfig {
@@ -518,6 +522,7 @@ impl Default for WatchConfig {
             backoff_initial_ms: 800,
             backoff_max_ms: 30_000,
             healthy_reset_seconds: 60,
+            discovery_interval_seconds: 30,
         }
     }
 }
