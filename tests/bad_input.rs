@@ -13,7 +13,7 @@ mod harness;
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use harness::{Kubewire, change, fresh_namespace, object_events};
+use harness::{Scene, change, object_events};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
@@ -476,12 +476,6 @@ proptest! {
 
 // ------------------------------------------------------------------ odd objects, real API server
 
-async fn namespace(prefix: &str) -> (kube::Client, tempfile::TempDir, String) {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, prefix).await;
-    (client, tempfile::tempdir().unwrap(), ns)
-}
-
 /// The object as the checker compares it: what the API server returns, minus managedFields.
 fn stripped(mut v: Value) -> Value {
     if let Some(md) = v.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -492,12 +486,10 @@ fn stripped(mut v: Value) -> Value {
 
 #[tokio::test]
 async fn odd_names_unicode_values_and_near_limit_objects_reach_the_sink_intact() {
-    let (client, dir, ns) = namespace("kw-odd").await;
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
+    let s = Scene::new("kw-odd").await;
+    let (client, ns) = (&s.client, &s.ns);
+    let kw = s.kubewire().watch("configmaps", &[&ns]).start();
+    kw.ready(60).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let pp = PostParams::default();
 
@@ -618,7 +610,8 @@ async fn odd_names_unicode_values_and_near_limit_objects_reach_the_sink_intact()
 #[tokio::test]
 async fn crd_gaining_a_new_storage_version_while_watched_keeps_its_stream_flowing() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let (client, dir, ns) = namespace("kw-crdver").await;
+    let s = Scene::new("kw-crdver").await;
+    let (client, ns) = (&s.client, &s.ns);
     let group = format!("{}.kubewire.test", common::unique_name("v"));
     let crd_name = format!("widgets.{group}");
     let schema = json!({"openAPIV3Schema": {"type": "object", "properties": {
@@ -663,10 +656,10 @@ async fn crd_gaining_a_new_storage_version_while_watched_keeps_its_stream_flowin
     .unwrap();
 
     // watched by its group only: kubewire resolves the preferred version (v1 now)
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: widgets.{group}\n    namespaces: [{ns}]\n"),
-    );
+    let kw = s
+        .kubewire()
+        .watch(&format!("widgets.{group}"), &[&ns])
+        .start();
     kw.wait_events(60, "w1's initial event", |ev| {
         !object_events(ev, &ns, "w1").is_empty()
     })
@@ -749,7 +742,8 @@ async fn crd_gaining_a_new_storage_version_while_watched_keeps_its_stream_flowin
 #[tokio::test]
 async fn regression_floats_in_custom_resources_are_published_exactly() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let (client, dir, ns) = namespace("kw-float").await;
+    let s = Scene::new("kw-float").await;
+    let (client, ns) = (&s.client, &s.ns);
     let group = format!("{}.kubewire.test", common::unique_name("f"));
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "metadata": {"name": format!("gauges.{group}")},
@@ -770,11 +764,11 @@ async fn regression_floats_in_custom_resources_are_published_exactly() {
             .then_some(())
     })
     .await;
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: gauges.{group}\n    namespaces: [{ns}]\n"),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
+    let kw = s
+        .kubewire()
+        .watch(&format!("gauges.{group}"), &[&ns])
+        .start();
+    kw.ready(60).await;
     let ar = kube::discovery::ApiResource {
         group: group.clone(),
         version: "v1".into(),

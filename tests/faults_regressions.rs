@@ -5,17 +5,11 @@
 mod common;
 mod harness;
 
-use harness::{Kubewire, change, configmap, fresh_namespace, object_events};
+use harness::{Kubewire, Scene, change, configmap, object_events};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-
-async fn setup(prefix: &str) -> (kube::Client, tempfile::TempDir, String) {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, prefix).await;
-    (client, tempfile::tempdir().unwrap(), ns)
-}
 
 /// Replaces the harness's checkpoint interval in the kubewire's config (takes effect at the
 /// next restart), so that nothing is committed between two points of a test.
@@ -49,10 +43,7 @@ fn rv(e: &Value) -> u64 {
 /// (the checkpoint is committed), and restarts it with commits pushed out of the test's
 /// reach: whatever it publishes from now on is downstream but not in the committed index.
 async fn committed_then_frozen(dir: &std::path::Path, ns: &str, object: &str) -> Kubewire {
-    let mut kw = Kubewire::start(
-        dir,
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-    );
+    let mut kw = Kubewire::builder(dir).watch("configmaps", &[&ns]).start();
     kw.wait_events(60, "the initial snapshot", |ev| {
         !object_events(ev, ns, object).is_empty()
     })
@@ -95,7 +86,8 @@ async fn after_relist(kw: &Kubewire) -> Vec<Value> {
 ///   older, committed resourceVersion: its versions go backwards downstream.
 #[tokio::test]
 async fn regression_relist_after_kill9_uses_a_stale_index_losing_deletes_and_reordering() {
-    let (client, dir, ns) = setup("kw-stale-index").await;
+    let s = Scene::new("kw-stale-index").await;
+    let (client, dir, ns) = (&s.client, &s.dir, &s.ns);
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let pp = PostParams::default();
     api.create(&pp, &configmap("modified-then-deleted", &[], "1"))
@@ -175,7 +167,8 @@ async fn regression_relist_after_kill9_uses_a_stale_index_losing_deletes_and_reo
 /// downstream: `modified@v2`, the same id.
 #[tokio::test]
 async fn regression_relist_after_kill9_repeats_an_in_doubt_modified_as_added() {
-    let (client, dir, ns) = setup("kw-in-doubt-type").await;
+    let s = Scene::new("kw-in-doubt-type").await;
+    let (client, dir, ns) = (&s.client, &s.dir, &s.ns);
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let pp = PostParams::default();
     api.create(&pp, &configmap("committed", &[], "1"))
@@ -240,7 +233,8 @@ async fn regression_relist_after_kill9_repeats_an_in_doubt_modified_as_added() {
 #[tokio::test]
 async fn regression_crd_preferred_version_change_across_restart_loses_deletes() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let (client, dir, ns) = setup("kw-crd-pref").await;
+    let s = Scene::new("kw-crd-pref").await;
+    let (client, ns) = (&s.client, &s.ns);
     let group = format!("{}.kubewire.test", common::unique_name("p"));
     let crd_name = format!("widgets.{group}");
     let schema = json!({"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}});
@@ -287,10 +281,10 @@ async fn regression_crd_preferred_version_change_across_restart_loses_deletes() 
         .unwrap();
         widgets.create(&PostParams::default(), &obj).await.unwrap();
     }
-    let mut kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: widgets.{group}\n    namespaces: [{ns}]\n"),
-    );
+    let mut kw = s
+        .kubewire()
+        .watch(&format!("widgets.{group}"), &[&ns])
+        .start();
     kw.wait_events(60, "both widgets' initial events", |ev| {
         !object_events(ev, &ns, "goes").is_empty() && !object_events(ev, &ns, "stays").is_empty()
     })

@@ -7,7 +7,9 @@ mod harness;
 
 use std::time::Instant;
 
-use harness::{Kubewire, check_duplicates, cluster_configmaps, configmap, fresh_namespace, replay};
+use harness::{
+    Kubewire, Scene, check_duplicates, cluster_configmaps, configmap, fresh_namespace, replay,
+};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -16,14 +18,10 @@ use serde_json::json;
 const LEASE_SECONDS: u64 = 6;
 
 fn replica(dir: &std::path::Path, ns: &str, identity: &str) -> Kubewire {
-    Kubewire::start_with(
-        dir,
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &format!(
+    Kubewire::builder(dir).watch("configmaps", &[&ns]).extra_yaml(&format!(
             "leaderElection:\n  enabled: true\n  leaseName: kubewire-test\n  leaseNamespace: {ns}\n  \
              identity: {identity}\n  leaseDurationSeconds: {LEASE_SECONDS}\n  renewGraceSeconds: 2\n"
-        ),
-    )
+        )).start()
 }
 
 #[tokio::test]
@@ -122,14 +120,13 @@ async fn a_graceful_stop_releases_the_lease_and_exits_zero() {
 /// start resumes from the committed checkpoint and replays nothing.
 #[tokio::test]
 async fn sigterm_under_leader_election_drains_commits_and_releases_the_lease() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-ha-drain").await;
+    let s = Scene::new("kw-ha-drain").await;
+    let (client, ns, dir) = (&s.client, &s.ns, &s.dir);
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let dir = tempfile::tempdir().unwrap();
     let mut a = replica(dir.path(), &ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
         .await;
-    a.wait_log(60, 1, "initial list done", 1).await;
+    a.ready_streams(60, 1).await;
     // A burst still flowing through the pipeline when the SIGTERM arrives.
     for i in 0..100 {
         api.create(
@@ -183,14 +180,13 @@ async fn sigterm_under_leader_election_drains_commits_and_releases_the_lease() {
 #[tokio::test]
 async fn a_leader_that_loses_its_lease_stops_publishing_at_once() {
     use k8s_openapi::api::coordination::v1::Lease;
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-ha-lost").await;
+    let s = Scene::new("kw-ha-lost").await;
+    let (client, ns, dir) = (&s.client, &s.ns, &s.dir);
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let dir = tempfile::tempdir().unwrap();
     let a = replica(dir.path(), &ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
         .await;
-    a.wait_log(60, 1, "initial list done", 1).await;
+    a.ready_streams(60, 1).await;
 
     // Another holder takes the Lease for an hour, as a partitioned leader's successor would.
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);

@@ -31,16 +31,12 @@ async fn two_clusters_stream_into_one_sink_each_event_tagged_with_its_cluster() 
     let ns = fresh_namespace(&one, "kw-multi").await;
     create_namespace(&two, &ns).await;
     let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start_with(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &format!(
+    let kw = Kubewire::builder(dir.path()).watch("configmaps", &[&ns]).extra_yaml(&format!(
             "clusters:\n  - name: east\n    kubeconfig: {}\n  - name: west\n    kubeconfig: {}\n    qps: 5\n    burst: 5\n",
             common::var("KUBECONFIG"),
             common::env()["KUBECONFIG_2"],
-        ),
-    );
-    kw.wait_log(60, 1, "initial list done", 2).await;
+        )).start();
+    kw.ready_streams(60, 2).await;
     let pp = PostParams::default();
     let a = Api::<ConfigMap>::namespaced(one.clone(), &ns)
         .create(&pp, &configmap("same-name", &[], "east"))

@@ -9,7 +9,7 @@ mod otel_support;
 
 use std::collections::HashSet;
 
-use harness::{Kubewire, configmap, fresh_namespace, object_events};
+use harness::{Scene, configmap, object_events};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
@@ -19,16 +19,15 @@ use otel_support::{Span, collector, spans_of, telemetry_yaml, trace_of};
 async fn every_published_events_traceparent_is_a_span_the_collector_received_with_its_stage_spans()
 {
     let (endpoint, file) = collector();
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-traces").await;
+    let s = Scene::new("kw-traces").await;
+    let (client, ns) = (&s.client, &s.ns);
     let service = common::unique_name("kubewire-traces");
-    let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start_with(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &telemetry_yaml(&endpoint, &service, 200, ""),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[&ns])
+        .extra_yaml(&telemetry_yaml(&endpoint, &service, 200, ""))
+        .start();
+    kw.ready(60).await;
 
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let names = ["one", "two", "three"];
@@ -85,7 +84,7 @@ async fn every_published_events_traceparent_is_a_span_the_collector_received_wit
             event.attributes["cloudevents.event_type"],
             "io.kubewire.object.added"
         );
-        assert_eq!(event.attributes["k8s.namespace.name"], ns);
+        assert_eq!(event.attributes["k8s.namespace.name"], *ns);
         assert_eq!(event.attributes["kubewire.origin"], "watch");
         // Linked to the watch request that carried it.
         let (link_trace, link_span) = event.links.first().expect("a link to the watch span");
@@ -120,21 +119,20 @@ async fn a_collector_that_is_down_neither_blocks_nor_slows_the_events() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-traces-down").await;
-    let dir = tempfile::tempdir().unwrap();
+    let s = Scene::new("kw-traces-down").await;
+    let (client, ns) = (&s.client, &s.ns);
     // A tiny queue, so that it overflows at once and spans are dropped.
-    let mut kw = Kubewire::start_with(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &telemetry_yaml(
+    let mut kw = s
+        .kubewire()
+        .watch("configmaps", &[&ns])
+        .extra_yaml(&telemetry_yaml(
             &format!("http://127.0.0.1:{port}"),
             "kubewire-traces-down",
             200,
             "    maxQueueSize: 4\n    maxExportBatchSize: 2\n    exportTimeoutMs: 500\n",
-        ),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
+        ))
+        .start();
+    kw.ready(60).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let n = 40;
     for i in 0..n {
