@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use harness::{
     Kubewire, REPLAY_WINDOW, Scene, Sightings, assert_replay_bounded, cluster_configmaps,
-    configmap, fresh_namespace, replay,
+    configmap, replay,
 };
 use kafka_util::{Reader, Record, create_topic, sink_yaml, topic_config};
 
@@ -429,12 +429,12 @@ fn sasl_sink_yaml(topic: &str, password_file: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_plain_authenticates_and_a_wrong_password_is_a_clear_error() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kafka-sasl").await;
+    let s = Scene::new("kafka-sasl").await;
+    let (client, ns) = (&s.client, &s.ns);
     let topic = common::unique_name("kw-sasl");
     create_topic(&topic, 1, &[]).await;
 
-    let good = tempfile::tempdir().unwrap();
+    let good = &s.dir;
     let pw = good.path().join("password");
     std::fs::write(&pw, format!("{}\n", common::var("KAFKA_SASL_PASSWORD"))).unwrap();
     let kw = Kubewire::builder(good.path())

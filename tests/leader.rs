@@ -7,9 +7,7 @@ mod harness;
 
 use std::time::Instant;
 
-use harness::{
-    Kubewire, Scene, check_duplicates, cluster_configmaps, configmap, fresh_namespace, replay,
-};
+use harness::{Kubewire, Scene, check_duplicates, cluster_configmaps, configmap, replay};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -18,7 +16,7 @@ use serde_json::json;
 const LEASE_SECONDS: u64 = 6;
 
 fn replica(dir: &std::path::Path, ns: &str, identity: &str) -> Kubewire {
-    Kubewire::builder(dir).watch("configmaps", &[&ns]).extra_yaml(&format!(
+    Kubewire::builder(dir).watch("configmaps", &[ns]).extra_yaml(&format!(
             "leaderElection:\n  enabled: true\n  leaseName: kubewire-test\n  leaseNamespace: {ns}\n  \
              identity: {identity}\n  leaseDurationSeconds: {LEASE_SECONDS}\n  renewGraceSeconds: 2\n"
         )).start()
@@ -26,11 +24,11 @@ fn replica(dir: &std::path::Path, ns: &str, identity: &str) -> Kubewire {
 
 #[tokio::test]
 async fn a_standby_takes_over_when_the_leader_is_killed_and_the_stream_converges() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-ha").await;
+    let s = Scene::new("kw-ha").await;
+    let (client, ns) = (&s.client, &s.ns);
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let pp = PostParams::default();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (da, db) = (&s.dir, tempfile::tempdir().unwrap());
 
     let mut a = replica(da.path(), &ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
@@ -91,9 +89,9 @@ async fn a_standby_takes_over_when_the_leader_is_killed_and_the_stream_converges
 
 #[tokio::test]
 async fn a_graceful_stop_releases_the_lease_and_exits_zero() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-ha-term").await;
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let s = Scene::new("kw-ha-term").await;
+    let ns = &s.ns;
+    let (da, db) = (&s.dir, tempfile::tempdir().unwrap());
     let mut a = replica(da.path(), &ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
         .await;

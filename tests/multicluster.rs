@@ -4,7 +4,7 @@
 mod common;
 mod harness;
 
-use harness::{Kubewire, change, configmap, create_namespace, fresh_namespace};
+use harness::{Scene, change, configmap, create_namespace};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
@@ -26,12 +26,12 @@ async fn second_cluster() -> kube::Client {
 
 #[tokio::test]
 async fn two_clusters_stream_into_one_sink_each_event_tagged_with_its_cluster() {
-    let one = common::kube_client().await;
+    let s = Scene::new("kw-multi").await;
+    let (one, ns) = (&s.client, &s.ns);
     let two = second_cluster().await;
-    let ns = fresh_namespace(&one, "kw-multi").await;
-    create_namespace(&two, &ns).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::builder(dir.path()).watch("configmaps", &[&ns]).extra_yaml(&format!(
+    create_namespace(&two, ns).await;
+    let kw = s
+        .kubewire().watch("configmaps", &[&ns]).extra_yaml(&format!(
             "clusters:\n  - name: east\n    kubeconfig: {}\n  - name: west\n    kubeconfig: {}\n    qps: 5\n    burst: 5\n",
             common::var("KUBECONFIG"),
             common::env()["KUBECONFIG_2"],
