@@ -16,12 +16,12 @@ use serde_json::json;
 async fn relist_after_compaction_reconciles_deletes_modifies_and_creates() {
     let s = Scene::new("kw-relist").await;
     let (client, ns) = (&s.client, &s.ns);
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pp = PostParams::default();
     for name in ["stays", "changes", "goes", "recreated"] {
         api.create(&pp, &configmap(name, &[], "1")).await.unwrap();
     }
-    let mut kw = s.kubewire().watch("configmaps", &[&ns]).start();
+    let mut kw = s.kubewire().watch("configmaps", &[ns]).start();
     kw.wait_events(60, "initial snapshot of 4", |ev| ev.len() >= 4)
         .await;
     assert!(kw.stop().await.success());
@@ -46,7 +46,7 @@ async fn relist_after_compaction_reconciles_deletes_modifies_and_creates() {
 
     kw.restart();
     kw.wait_log(60, 2, "relisted", 1).await;
-    let cluster = cluster_configmaps(&client, &[&ns]).await;
+    let cluster = cluster_configmaps(client, &[ns]).await;
     let events = kw
         .wait_events(60, "replay equals the cluster", |ev| replay(ev) == cluster)
         .await;

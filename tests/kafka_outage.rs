@@ -55,14 +55,14 @@ async fn broker_outage_during_a_burst_loses_nothing() {
     create_topic(&topic, 3, &[]).await;
     let kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&sink_yaml(&topic, ""))
         .start();
     kw.wait_log(60, 1, "initial list done", 1).await;
 
     // A writer that keeps changing 50 objects until told to stop; it records every
     // (uid, resourceVersion) the API server returned: each one must reach the topic.
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (api, stop) = (api.clone(), stop.clone());
@@ -136,7 +136,7 @@ async fn broker_outage_during_a_burst_loses_nothing() {
     stop.store(true, Ordering::Relaxed);
     let written = writer.await.unwrap();
 
-    let want = cluster_configmaps(&client, &[ns.as_str()]).await;
+    let want = cluster_configmaps(client, &[ns.as_str()]).await;
     reader
         .wait(
             180,

@@ -44,13 +44,13 @@ async fn configmap_churn_reaches_the_topic_in_order_with_headers_and_final_state
     create_topic(&topic, 3, &[]).await;
     let kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&sink_yaml(&topic, ""))
         .start();
     kw.ready(60).await;
 
     // Churn: 40 objects, each created, updated three times; every fourth deleted.
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let started = Instant::now();
     let mut writes = 0;
     for i in 0..40 {
@@ -75,7 +75,7 @@ async fn configmap_churn_reaches_the_topic_in_order_with_headers_and_final_state
             .unwrap();
         writes += 1;
     }
-    let want = cluster_configmaps(&client, &[ns.as_str()]).await;
+    let want = cluster_configmaps(client, &[ns.as_str()]).await;
 
     let mut reader = Reader::new(&topic).await;
     reader
@@ -214,7 +214,7 @@ async fn missing_topic_is_a_clear_startup_error() {
     let topic = common::unique_name("kw-absent");
     let _kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&sink_yaml(&topic, ""))
         .start();
     // kubewire exits with the error on stderr (and in its log), which the harness keeps in
@@ -242,11 +242,11 @@ async fn oversize_object_is_replaced_by_an_oversize_event_and_others_flow() {
     create_topic(&topic, 1, &[("max.message.bytes", "100000")]).await;
     let kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&sink_yaml(&topic, ""))
         .start();
     kw.ready(60).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("before", &[], "small"))
         .await
         .unwrap();
@@ -319,11 +319,11 @@ async fn restart_after_kill9_mid_burst_duplicates_carry_the_original_ce_id() {
     create_topic(&topic, 3, &[]).await;
     let mut kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&sink_yaml(&topic, ""))
         .start();
     kw.ready(60).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     // The writer runs until told to stop, so the kill lands in the middle of its burst.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = tokio::spawn({
@@ -371,7 +371,7 @@ async fn restart_after_kill9_mid_burst_duplicates_carry_the_original_ce_id() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = writer.await.unwrap();
     assert!(writes > 0);
-    let cluster = cluster_configmaps(&client, &[&ns]).await;
+    let cluster = cluster_configmaps(client, &[ns]).await;
     reader
         .wait(90, "the topic replays to the cluster state", |r| {
             replayed(r) == cluster
@@ -438,11 +438,11 @@ async fn sasl_plain_authenticates_and_a_wrong_password_is_a_clear_error() {
     let pw = good.path().join("password");
     std::fs::write(&pw, format!("{}\n", common::var("KAFKA_SASL_PASSWORD"))).unwrap();
     let kw = Kubewire::builder(good.path())
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&sasl_sink_yaml(&topic, &pw))
         .start();
     kw.ready(60).await;
-    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &configmap("over-sasl", &[], "1"))
         .await
         .unwrap();
@@ -461,7 +461,7 @@ async fn sasl_plain_authenticates_and_a_wrong_password_is_a_clear_error() {
     let wrong = bad.path().join("password");
     std::fs::write(&wrong, "not-the-password").unwrap();
     let bad_kw = Kubewire::builder(bad.path())
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&sasl_sink_yaml(&topic, &wrong))
         .start();
     let log = bad.path().join("kubewire-1.log");

@@ -26,14 +26,14 @@ fn replica(dir: &std::path::Path, ns: &str, identity: &str) -> Kubewire {
 async fn a_standby_takes_over_when_the_leader_is_killed_and_the_stream_converges() {
     let s = Scene::new("kw-ha").await;
     let (client, ns) = (&s.client, &s.ns);
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pp = PostParams::default();
     let (da, db) = (&s.dir, tempfile::tempdir().unwrap());
 
-    let mut a = replica(da.path(), &ns, "replica-a");
+    let mut a = replica(da.path(), ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
         .await;
-    let b = replica(db.path(), &ns, "replica-b");
+    let b = replica(db.path(), ns, "replica-b");
     b.wait_log(60, 1, "waiting for leadership", 1).await;
 
     for i in 0..20 {
@@ -72,7 +72,7 @@ async fn a_standby_takes_over_when_the_leader_is_killed_and_the_stream_converges
     eprintln!("takeover after kill -9 of the leader: {takeover:?} (lease {LEASE_SECONDS}s)");
     assert!(takeover.as_secs() <= LEASE_SECONDS + 4, "took {takeover:?}");
 
-    let cluster = cluster_configmaps(&client, &[&ns]).await;
+    let cluster = cluster_configmaps(client, &[ns]).await;
     let combined = || {
         let mut all = a.events();
         all.extend(b.events());
@@ -92,10 +92,10 @@ async fn a_graceful_stop_releases_the_lease_and_exits_zero() {
     let s = Scene::new("kw-ha-term").await;
     let ns = &s.ns;
     let (da, db) = (&s.dir, tempfile::tempdir().unwrap());
-    let mut a = replica(da.path(), &ns, "replica-a");
+    let mut a = replica(da.path(), ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
         .await;
-    let b = replica(db.path(), &ns, "replica-b");
+    let b = replica(db.path(), ns, "replica-b");
     b.wait_log(60, 1, "waiting for leadership", 1).await;
     assert!(a.stop().await.success());
     assert_eq!(
@@ -120,8 +120,8 @@ async fn a_graceful_stop_releases_the_lease_and_exits_zero() {
 async fn sigterm_under_leader_election_drains_commits_and_releases_the_lease() {
     let s = Scene::new("kw-ha-drain").await;
     let (client, ns, dir) = (&s.client, &s.ns, &s.dir);
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let mut a = replica(dir.path(), &ns, "replica-a");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let mut a = replica(dir.path(), ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
         .await;
     a.ready_streams(60, 1).await;
@@ -157,7 +157,7 @@ async fn sigterm_under_leader_election_drains_commits_and_releases_the_lease() {
     a.wait_log(60, 2, "acquired leadership: starting streams", 1)
         .await;
     a.wait_log(60, 2, "resuming from checkpoint", 1).await;
-    let cluster = cluster_configmaps(&client, &[&ns]).await;
+    let cluster = cluster_configmaps(client, &[ns]).await;
     common::eventually(60, "the output replays to the cluster state", || async {
         (replay(&a.events()) == cluster).then_some(())
     })
@@ -180,14 +180,14 @@ async fn a_leader_that_loses_its_lease_stops_publishing_at_once() {
     use k8s_openapi::api::coordination::v1::Lease;
     let s = Scene::new("kw-ha-lost").await;
     let (client, ns, dir) = (&s.client, &s.ns, &s.dir);
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let a = replica(dir.path(), &ns, "replica-a");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let a = replica(dir.path(), ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
         .await;
     a.ready_streams(60, 1).await;
 
     // Another holder takes the Lease for an hour, as a partitioned leader's successor would.
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
     let now = chrono::Utc::now()
         .format("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string();

@@ -31,18 +31,18 @@ async fn two_clusters_stream_into_one_sink_each_event_tagged_with_its_cluster() 
     let two = second_cluster().await;
     create_namespace(&two, ns).await;
     let kw = s
-        .kubewire().watch("configmaps", &[&ns]).extra_yaml(&format!(
+        .kubewire().watch("configmaps", &[ns]).extra_yaml(&format!(
             "clusters:\n  - name: east\n    kubeconfig: {}\n  - name: west\n    kubeconfig: {}\n    qps: 5\n    burst: 5\n",
             common::var("KUBECONFIG"),
             common::env()["KUBECONFIG_2"],
         )).start();
     kw.ready_streams(60, 2).await;
     let pp = PostParams::default();
-    let a = Api::<ConfigMap>::namespaced(one.clone(), &ns)
+    let a = Api::<ConfigMap>::namespaced(one.clone(), ns)
         .create(&pp, &configmap("same-name", &[], "east"))
         .await
         .unwrap();
-    let b = Api::<ConfigMap>::namespaced(two.clone(), &ns)
+    let b = Api::<ConfigMap>::namespaced(two.clone(), ns)
         .create(&pp, &configmap("same-name", &[], "west"))
         .await
         .unwrap();

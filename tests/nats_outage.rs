@@ -63,12 +63,12 @@ async fn nats_restart_during_a_burst_loses_no_event() {
     let stream = prefix.to_uppercase();
     let kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&jetstream_sink(&common::nats_url(), &stream, &prefix))
         .start();
     kw.wait_log(60, 1, "initial list done", 1).await;
 
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     const N: usize = 10;
     let mut written = Vec::new();
     for i in 0..N {
@@ -169,7 +169,7 @@ async fn nats_restart_during_a_burst_loses_no_event() {
     written.extend(writer.await.unwrap());
     let (_nc, ctx) = js().await;
 
-    let published = wait_stream_matches_cluster(&ctx, &stream, &client, &[&ns], 120).await;
+    let published = wait_stream_matches_cluster(&ctx, &stream, client, &[ns], 120).await;
     let stored: HashSet<(String, String)> = published
         .iter()
         .map(|p| {

@@ -50,7 +50,7 @@ async fn jetstream_end_to_end_ordered_per_subject_with_headers_and_final_state()
     let (_nc, ctx) = js().await;
     let prefix = unique_prefix("kwe2e");
     let stream = prefix.to_uppercase();
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pp = PostParams::default();
 
     // A snapshot to measure throughput of the initial sync.
@@ -74,7 +74,7 @@ async fn jetstream_end_to_end_ordered_per_subject_with_headers_and_final_state()
     let started = Instant::now();
     let kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&jetstream_sink(&common::nats_url(), &stream, &prefix))
         .start();
     kw.ready(60).await;
@@ -116,7 +116,7 @@ async fn jetstream_end_to_end_ordered_per_subject_with_headers_and_final_state()
         api.delete(n, &DeleteParams::default()).await.unwrap();
     }
     let writes = N + N * UPDATES + 5;
-    let published = wait_stream_matches_cluster(&ctx, &stream, &client, &[&ns], 90).await;
+    let published = wait_stream_matches_cluster(&ctx, &stream, client, &[ns], 90).await;
     let churn_secs = churn_start.elapsed().as_secs_f64();
     println!(
         "e2e: snapshot of {SNAPSHOT} events in {snapshot_secs:.2}s from process start ({:.0} events/s); \
@@ -177,13 +177,13 @@ async fn replay_from_an_older_checkpoint_after_kill9_is_dropped_by_jetstream_ded
     let (_nc, ctx) = js().await;
     let prefix = unique_prefix("kwdup");
     let stream = prefix.to_uppercase();
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let sink = jetstream_sink(&common::nats_url(), &stream, &prefix);
 
     // Run 1: ten objects, then a clean stop; keep that (older) checkpoint.
     let mut kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&sink)
         .start();
     kw.ready(60).await;
@@ -196,7 +196,7 @@ async fn replay_from_an_older_checkpoint_after_kill9_is_dropped_by_jetstream_ded
         .await
         .unwrap();
     }
-    wait_stream_matches_cluster(&ctx, &stream, &client, &[&ns], 60).await;
+    wait_stream_matches_cluster(&ctx, &stream, client, &[ns], 60).await;
     assert!(kw.stop().await.success());
     let checkpoint = dir.path().join("checkpoint.redb");
     let older = dir.path().join("older.redb");
@@ -227,7 +227,7 @@ async fn replay_from_an_older_checkpoint_after_kill9_is_dropped_by_jetstream_ded
     std::fs::copy(&older, &checkpoint).unwrap();
     kw.restart();
     burst(11, 13).await;
-    let published = wait_stream_matches_cluster(&ctx, &stream, &client, &[&ns], 90).await;
+    let published = wait_stream_matches_cluster(&ctx, &stream, client, &[ns], 90).await;
     let duplicates = kw.log_messages(3, "JetStream dropped a duplicate").len();
     println!(
         "dedupe: {before_replay} messages before the replay, {} after; {duplicates} PubAcks with duplicate: true in run 3",
@@ -336,7 +336,7 @@ async fn core_nats_mode_publishes_fire_and_forget_with_headers() {
     nc.flush().await.unwrap();
     let kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&format!(
             "sink:\n  type: nats\n  url: {}\n  jetstream: false\n  \
              subject: '{prefix}.{{kind}}.{{namespace}}.{{name}}'\n",
@@ -344,7 +344,7 @@ async fn core_nats_mode_publishes_fire_and_forget_with_headers() {
         ))
         .start();
     kw.ready(60).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("c.1", &[], "a"))
         .await
         .unwrap();
@@ -393,11 +393,11 @@ async fn oversize_event_is_replaced_by_a_stand_in_naming_the_object_and_later_ev
     let stream = prefix.to_uppercase();
     let kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&jetstream_sink(&common::nats_url(), &stream, &prefix))
         .start();
     kw.ready(60).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pp = PostParams::default();
     api.create(&pp, &configmap("before", &[], "x"))
         .await
@@ -530,7 +530,7 @@ async fn token_authentication_against_a_server_that_requires_it() {
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .sink_yaml(&format!(
             "{}  auth:\n    token: {{file: {}}}\n",
             jetstream_sink(&server.url, "AUTHED", "authed"),
@@ -538,11 +538,11 @@ async fn token_authentication_against_a_server_that_requires_it() {
         ))
         .start();
     kw.ready(60).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("secured", &[], "1"))
         .await
         .unwrap();
-    let published = wait_stream_matches_cluster(&ctx, "AUTHED", &client, &[&ns], 60).await;
+    let published = wait_stream_matches_cluster(&ctx, "AUTHED", client, &[ns], 60).await;
     assert_eq!(published.len(), 1);
     assert_headers(&published[0]);
     drop(kw);

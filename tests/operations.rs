@@ -14,7 +14,7 @@ async fn readyz_names_the_unresolvable_resource_and_metrics_count_published_even
     let (client, ns) = (&s.client, &s.ns);
     let kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .watch("nosuchthings", &[])
         .start();
     let admin = kw.admin().await;
@@ -35,7 +35,7 @@ async fn readyz_names_the_unresolvable_resource_and_metrics_count_published_even
     let (code, body) = http_get(&admin, "/healthz").await;
     assert_eq!((code, body.as_str()), (200, "ok\n"));
 
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("m", &[], "1"))
         .await
         .unwrap();
@@ -66,7 +66,7 @@ async fn readyz_names_the_unresolvable_resource_and_metrics_count_published_even
 async fn readyz_is_ok_once_every_stream_has_synced() {
     let s = Scene::new("kw-ready").await;
     let ns = &s.ns;
-    let kw = s.kubewire().watch("configmaps", &[&ns]).start();
+    let kw = s.kubewire().watch("configmaps", &[ns]).start();
     let admin = kw.admin().await;
     let body = common::eventually(60, "readyz 200", || async {
         let (code, body) = http_get(&admin, "/readyz").await;
@@ -98,9 +98,9 @@ fn dashboard_metric_names() -> Vec<String> {
 async fn the_dashboard_queries_only_metrics_kubewire_exports() {
     let s = Scene::new("kw-dash").await;
     let (client, ns) = (&s.client, &s.ns);
-    let kw = s.kubewire().watch("configmaps", &[&ns]).start();
+    let kw = s.kubewire().watch("configmaps", &[ns]).start();
     let admin = kw.admin().await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("d", &[], "1"))
         .await
         .unwrap();
@@ -137,7 +137,7 @@ async fn an_unresolved_resource_never_fails_healthz_past_the_wedge_limit() {
     // Wedged after idleTimeoutSeconds + 60 s = 62 s without a sign of life.
     let kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .watch("notyetinstalleds", &[])
         .extra_yaml("watch:\n  timeoutSeconds: 1\n  idleTimeoutSeconds: 2\n")
         .start();

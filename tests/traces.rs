@@ -24,12 +24,12 @@ async fn every_published_events_traceparent_is_a_span_the_collector_received_wit
     let service = common::unique_name("kubewire-traces");
     let kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .extra_yaml(&telemetry_yaml(&endpoint, &service, 200, ""))
         .start();
     kw.ready(60).await;
 
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let names = ["one", "two", "three"];
     for n in names {
         api.create(&PostParams::default(), &configmap(n, &[], "v"))
@@ -38,13 +38,13 @@ async fn every_published_events_traceparent_is_a_span_the_collector_received_wit
     }
     let events = kw
         .wait_events(60, "three Added events", |ev| {
-            names.iter().all(|n| !object_events(ev, &ns, n).is_empty())
+            names.iter().all(|n| !object_events(ev, ns, n).is_empty())
         })
         .await;
     let published: Vec<(String, String, String)> = names
         .iter()
         .map(|n| {
-            let e = object_events(&events, &ns, n)[0];
+            let e = object_events(&events, ns, n)[0];
             let (trace, span) = trace_of(e);
             (trace, span, e["id"].as_str().unwrap().to_owned())
         })
@@ -124,7 +124,7 @@ async fn a_collector_that_is_down_neither_blocks_nor_slows_the_events() {
     // A tiny queue, so that it overflows at once and spans are dropped.
     let mut kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .extra_yaml(&telemetry_yaml(
             &format!("http://127.0.0.1:{port}"),
             "kubewire-traces-down",
@@ -133,7 +133,7 @@ async fn a_collector_that_is_down_neither_blocks_nor_slows_the_events() {
         ))
         .start();
     kw.ready(60).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let n = 40;
     for i in 0..n {
         api.create(
@@ -145,11 +145,11 @@ async fn a_collector_that_is_down_neither_blocks_nor_slows_the_events() {
     }
     let events = kw
         .wait_events(30, "every event despite the dead collector", |ev| {
-            (0..n).all(|i| !object_events(ev, &ns, &format!("cm-{i}")).is_empty())
+            (0..n).all(|i| !object_events(ev, ns, &format!("cm-{i}")).is_empty())
         })
         .await;
     for i in 0..n {
-        trace_of(object_events(&events, &ns, &format!("cm-{i}"))[0]);
+        trace_of(object_events(&events, ns, &format!("cm-{i}"))[0]);
     }
     kw.wait_log(
         30,

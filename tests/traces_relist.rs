@@ -34,20 +34,20 @@ async fn watch_restarts_and_relists_are_spans_and_a_graceful_stop_flushes_them()
     );
     let mut kw = s
         .kubewire()
-        .watch("configmaps", &[&ns])
+        .watch("configmaps", &[ns])
         .extra_yaml(&extra)
         .start();
     kw.ready(60).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("cm", &[], "1"))
         .await
         .unwrap();
     let events = kw
         .wait_events(60, "the Added event", |ev| {
-            !object_events(ev, &ns, "cm").is_empty()
+            !object_events(ev, ns, "cm").is_empty()
         })
         .await;
-    let (added_trace, added_span) = trace_of(object_events(&events, &ns, "cm")[0]);
+    let (added_trace, added_span) = trace_of(object_events(&events, ns, "cm")[0]);
     // Three watch requests: the one after the list, and two restarts after it timed out.
     kw.wait_log(30, 1, "watching", 3).await;
     assert!(
@@ -94,7 +94,7 @@ async fn watch_restarts_and_relists_are_spans_and_a_graceful_stop_flushes_them()
         .wait_events(60, "the relist marker and the relisted Modified", |ev| {
             ev.iter()
                 .any(|e| e["type"] == "io.kubewire.stream.relisted")
-                && object_events(ev, &ns, "cm")
+                && object_events(ev, ns, "cm")
                     .iter()
                     .any(|e| e["kubewireorigin"] == "relist")
         })
@@ -103,7 +103,7 @@ async fn watch_restarts_and_relists_are_spans_and_a_graceful_stop_flushes_them()
         .iter()
         .find(|e| e["type"] == "io.kubewire.stream.relisted")
         .unwrap();
-    let relisted = object_events(&events, &ns, "cm")
+    let relisted = object_events(&events, ns, "cm")
         .into_iter()
         .find(|e| e["kubewireorigin"] == "relist")
         .unwrap();
