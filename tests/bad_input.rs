@@ -13,7 +13,7 @@ mod harness;
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use harness::{Kubewire, change, fresh_namespace, object_events};
+use harness::{Scene, change, object_events};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
@@ -476,12 +476,6 @@ proptest! {
 
 // ------------------------------------------------------------------ odd objects, real API server
 
-async fn namespace(prefix: &str) -> (kube::Client, tempfile::TempDir, String) {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, prefix).await;
-    (client, tempfile::tempdir().unwrap(), ns)
-}
-
 /// The object as the checker compares it: what the API server returns, minus managedFields.
 fn stripped(mut v: Value) -> Value {
     if let Some(md) = v.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -492,13 +486,11 @@ fn stripped(mut v: Value) -> Value {
 
 #[tokio::test]
 async fn odd_names_unicode_values_and_near_limit_objects_reach_the_sink_intact() {
-    let (client, dir, ns) = namespace("kw-odd").await;
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let s = Scene::new("kw-odd").await;
+    let (client, ns) = (&s.client, &s.ns);
+    let kw = s.kubewire().watch("configmaps", &[ns]).start();
+    kw.ready(60).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pp = PostParams::default();
 
     // The API server refuses unicode in label values; kubewire never sees such an object.
@@ -581,18 +573,18 @@ async fn odd_names_unicode_values_and_near_limit_objects_reach_the_sink_intact()
 
     let events = kw
         .wait_events(60, "events of the odd and the big objects", |ev| {
-            object_events(ev, &ns, "near-limit").len() >= 3
-                && !object_events(ev, &ns, &long_name).is_empty()
+            object_events(ev, ns, "near-limit").len() >= 3
+                && !object_events(ev, ns, &long_name).is_empty()
         })
         .await;
-    let odd_ev = object_events(&events, &ns, &long_name);
+    let odd_ev = object_events(&events, ns, &long_name);
     assert_eq!(change(odd_ev[0]), "added");
     assert_eq!(
         odd_ev[0]["data"],
         stripped(serde_json::to_value(&created_odd).unwrap())
     );
     assert_eq!(odd_ev[0]["data"]["data"]["text"], unicode);
-    let big_ev = object_events(&events, &ns, "near-limit");
+    let big_ev = object_events(&events, ns, "near-limit");
     let kinds: Vec<&str> = big_ev.iter().map(|e| change(e)).collect();
     assert_eq!(kinds, ["added", "modified", "deleted"]);
     assert_eq!(
@@ -607,8 +599,8 @@ async fn odd_names_unicode_values_and_near_limit_objects_reach_the_sink_intact()
         big_ev[1]["data"]["data"]["v"].as_str().map(str::len),
         Some(1024 * 1024 - 64)
     );
-    assert!(object_events(&events, &ns, "over-limit").is_empty());
-    assert!(object_events(&events, &ns, "bad-label").is_empty());
+    assert!(object_events(&events, ns, "over-limit").is_empty());
+    assert!(object_events(&events, ns, "bad-label").is_empty());
     // every line of the output is one valid JSON document
     for line in kw.output().lines() {
         serde_json::from_str::<Value>(line).expect("every line is a JSON document");
@@ -618,7 +610,8 @@ async fn odd_names_unicode_values_and_near_limit_objects_reach_the_sink_intact()
 #[tokio::test]
 async fn crd_gaining_a_new_storage_version_while_watched_keeps_its_stream_flowing() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let (client, dir, ns) = namespace("kw-crdver").await;
+    let s = Scene::new("kw-crdver").await;
+    let (client, ns) = (&s.client, &s.ns);
     let group = format!("{}.kubewire.test", common::unique_name("v"));
     let crd_name = format!("widgets.{group}");
     let schema = json!({"openAPIV3Schema": {"type": "object", "properties": {
@@ -649,7 +642,7 @@ async fn crd_gaining_a_new_storage_version_while_watched_keeps_its_stream_flowin
         kind: "Widget".into(),
         plural: "widgets".into(),
     };
-    let v1: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource("v1"));
+    let v1: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource("v1"));
     let widget = |name: &str, api_version: &str, size: i64| -> DynamicObject {
         serde_json::from_value(json!({"apiVersion": api_version, "kind": "Widget",
             "metadata": {"name": name}, "spec": {"size": size}}))
@@ -663,12 +656,12 @@ async fn crd_gaining_a_new_storage_version_while_watched_keeps_its_stream_flowin
     .unwrap();
 
     // watched by its group only: kubewire resolves the preferred version (v1 now)
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: widgets.{group}\n    namespaces: [{ns}]\n"),
-    );
+    let kw = s
+        .kubewire()
+        .watch(&format!("widgets.{group}"), &[ns])
+        .start();
     kw.wait_events(60, "w1's initial event", |ev| {
-        !object_events(ev, &ns, "w1").is_empty()
+        !object_events(ev, ns, "w1").is_empty()
     })
     .await;
 
@@ -693,7 +686,7 @@ async fn crd_gaining_a_new_storage_version_while_watched_keeps_its_stream_flowin
     .await;
 
     // writes through v2 (stored as v2) and through v1 reach the stream, in order
-    let v2: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource("v2"));
+    let v2: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource("v2"));
     let mut w2 = widget("w2", &format!("{group}/v2"), 2);
     w2.data["spec"]["color"] = json!("blue");
     v2.create(&PostParams::default(), &w2).await.unwrap();
@@ -710,15 +703,15 @@ async fn crd_gaining_a_new_storage_version_while_watched_keeps_its_stream_flowin
             60,
             "w2 added and w1 modified after the version change",
             |ev| {
-                !object_events(ev, &ns, "w2").is_empty()
-                    && object_events(ev, &ns, "w1").iter().any(|e| {
+                !object_events(ev, ns, "w2").is_empty()
+                    && object_events(ev, ns, "w1").iter().any(|e| {
                         e["k8sresourceversion"]
                             == w1.metadata.resource_version.clone().unwrap().as_str()
                     })
             },
         )
         .await;
-    let w1_events = object_events(&events, &ns, "w1");
+    let w1_events = object_events(&events, ns, "w1");
     let last = w1_events.last().unwrap();
     assert_eq!(change(last), "modified");
     assert_eq!(last["data"]["spec"]["size"], 10);
@@ -749,7 +742,8 @@ async fn crd_gaining_a_new_storage_version_while_watched_keeps_its_stream_flowin
 #[tokio::test]
 async fn regression_floats_in_custom_resources_are_published_exactly() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let (client, dir, ns) = namespace("kw-float").await;
+    let s = Scene::new("kw-float").await;
+    let (client, ns) = (&s.client, &s.ns);
     let group = format!("{}.kubewire.test", common::unique_name("f"));
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "metadata": {"name": format!("gauges.{group}")},
@@ -770,11 +764,11 @@ async fn regression_floats_in_custom_resources_are_published_exactly() {
             .then_some(())
     })
     .await;
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: gauges.{group}\n    namespaces: [{ns}]\n"),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
+    let kw = s
+        .kubewire()
+        .watch(&format!("gauges.{group}"), &[ns])
+        .start();
+    kw.ready(60).await;
     let ar = kube::discovery::ApiResource {
         group: group.clone(),
         version: "v1".into(),
@@ -782,7 +776,7 @@ async fn regression_floats_in_custom_resources_are_published_exactly() {
         kind: "Gauge".into(),
         plural: "gauges".into(),
     };
-    let gauges: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    let gauges: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     // The request body is written by serde_json's exact (shortest round-trip) formatter.
     let obj: DynamicObject = serde_json::from_value(json!({
         "apiVersion": format!("{group}/v1"), "kind": "Gauge", "metadata": {"name": "g"},
@@ -791,7 +785,7 @@ async fn regression_floats_in_custom_resources_are_published_exactly() {
     .unwrap();
     gauges.create(&PostParams::default(), &obj).await.unwrap();
     kw.wait_events(60, "the Gauge's event", |ev| {
-        !object_events(ev, &ns, "g").is_empty()
+        !object_events(ev, ns, "g").is_empty()
     })
     .await;
     // compare the text: this test's own parse of the output would share the imprecision

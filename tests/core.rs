@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use harness::{
-    Kubewire, REPLAY_WINDOW, Sightings, assert_replay_bounded, change, check_duplicates,
-    cluster_configmaps, configmap, fresh_namespace, object_events, replay,
+    REPLAY_WINDOW, Scene, Sightings, assert_replay_bounded, change, check_duplicates,
+    cluster_configmaps, configmap, object_events, replay,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::Api;
@@ -21,31 +21,15 @@ fn merge(v: serde_json::Value) -> Patch<serde_json::Value> {
     Patch::Merge(v)
 }
 
-async fn setup(prefix: &str, n: usize) -> (kube::Client, tempfile::TempDir, Vec<String>) {
-    let client = common::kube_client().await;
-    let mut names = Vec::new();
-    for _ in 0..n {
-        let ns = fresh_namespace(&client, prefix).await;
-        names.push(ns);
-    }
-    (client, tempfile::tempdir().unwrap(), names)
-}
-
-fn configmaps_in(namespaces: &[String]) -> String {
-    format!(
-        "  - resource: configmaps\n    namespaces: [{}]\n",
-        namespaces.join(", ")
-    )
-}
-
 #[tokio::test]
 async fn configmap_changes_in_two_namespaces_yield_exact_ordered_events() {
-    let (client, dir, ns) = setup("kw-order", 2).await;
-    let kw = Kubewire::start(dir.path(), &configmaps_in(&ns));
-    kw.wait_log(60, 1, "initial list done", 2).await;
+    let s = Scene::new("kw-order").await;
+    let ns = [s.ns.clone(), s.fresh_namespace("kw-order").await];
+    let kw = s.kubewire().watch("configmaps", &[&ns[0], &ns[1]]).start();
+    kw.ready_streams(60, 2).await;
 
-    let a: Api<ConfigMap> = Api::namespaced(client.clone(), &ns[0]);
-    let b: Api<ConfigMap> = Api::namespaced(client.clone(), &ns[1]);
+    let a: Api<ConfigMap> = Api::namespaced(s.client.clone(), &ns[0]);
+    let b: Api<ConfigMap> = Api::namespaced(s.client.clone(), &ns[1]);
     let pp = PostParams::default();
     let c1 = a.create(&pp, &configmap("one", &[], "1")).await.unwrap();
     let c2 = b.create(&pp, &configmap("two", &[], "1")).await.unwrap();
@@ -102,13 +86,13 @@ async fn configmap_changes_in_two_namespaces_yield_exact_ordered_events() {
 
 #[tokio::test]
 async fn restart_within_watch_window_resumes_without_list_and_publishes_each_change_once() {
-    let (client, dir, ns) = setup("kw-resume", 1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns[0]);
+    let s = Scene::new("kw-resume").await;
+    let api = s.configmaps();
     let pp = PostParams::default();
     api.create(&pp, &configmap("keep", &[], "1")).await.unwrap();
     api.create(&pp, &configmap("gone", &[], "1")).await.unwrap();
 
-    let mut kw = Kubewire::start(dir.path(), &configmaps_in(&ns));
+    let mut kw = s.kubewire().watch("configmaps", &[&s.ns]).start();
     kw.wait_events(60, "initial snapshot of 2", |ev| ev.len() >= 2)
         .await;
     assert!(kw.stop().await.success(), "SIGTERM exits 0");
@@ -151,14 +135,14 @@ async fn restart_within_watch_window_resumes_without_list_and_publishes_each_cha
     assert_eq!(check_duplicates(&events), 0, "every change published once");
     assert_eq!(
         replay(&events),
-        cluster_configmaps(&client, &[&ns[0]]).await
+        cluster_configmaps(&s.client, &[&s.ns]).await
     );
 }
 
 #[tokio::test]
 async fn custom_resources_are_watched_by_kind_name() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let (client, dir, ns) = setup("kw-crd", 1).await;
+    let s = Scene::new("kw-crd").await;
     let group = format!("{}.kubewire.test", common::unique_name("g"));
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "metadata": {"name": format!("gadgets.{group}")},
@@ -171,7 +155,7 @@ async fn custom_resources_are_watched_by_kind_name() {
         }
     }))
     .unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crds: Api<CustomResourceDefinition> = Api::all(s.client.clone());
     crds.create(&PostParams::default(), &crd).await.unwrap();
     common::eventually(30, "CRD established", || async {
         let c = crds.get(&format!("gadgets.{group}")).await.ok()?;
@@ -184,14 +168,11 @@ async fn custom_resources_are_watched_by_kind_name() {
     })
     .await;
 
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!(
-            "  - resource: Gadget.v1.{group}\n    namespaces: [{}]\n",
-            ns[0]
-        ),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
+    let kw = s
+        .kubewire()
+        .watch(&format!("Gadget.v1.{group}"), &[&s.ns])
+        .start();
+    kw.ready(60).await;
     let ar = kube::discovery::ApiResource {
         group: group.clone(),
         version: "v1".into(),
@@ -199,7 +180,7 @@ async fn custom_resources_are_watched_by_kind_name() {
         kind: "Gadget".into(),
         plural: "gadgets".into(),
     };
-    let gadgets: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns[0], &ar);
+    let gadgets: Api<kube::api::DynamicObject> = Api::namespaced_with(s.client.clone(), &s.ns, &ar);
     let obj: kube::api::DynamicObject = serde_json::from_value(json!({
         "apiVersion": format!("{group}/v1"), "kind": "Gadget",
         "metadata": {"name": "g1"}, "spec": {"size": 3}
@@ -217,16 +198,14 @@ async fn custom_resources_are_watched_by_kind_name() {
 
 #[tokio::test]
 async fn label_selector_transitions_yield_deleted_and_added() {
-    let (client, dir, ns) = setup("kw-label", 1).await;
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!(
-            "  - resource: configmaps\n    namespaces: [{}]\n    labelSelector: tier=front\n",
-            ns[0]
-        ),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns[0]);
+    let s = Scene::new("kw-label").await;
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[&s.ns])
+        .with("labelSelector: tier=front")
+        .start();
+    kw.ready(60).await;
+    let api = s.configmaps();
     api.create(
         &PostParams::default(),
         &configmap("sel", &[("tier", "front")], "1"),
@@ -267,8 +246,8 @@ async fn label_selector_transitions_yield_deleted_and_added() {
 async fn forbidden_resource_is_named_and_the_others_keep_flowing() {
     use k8s_openapi::api::authentication::v1::TokenRequest;
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    let (client, dir, ns) = setup("kw-rbac", 1).await;
-    let ns = &ns[0];
+    let s = Scene::new("kw-rbac").await;
+    let (client, ns) = (&s.client, &s.ns);
     let pp = PostParams::default();
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     sas.create(
@@ -296,22 +275,21 @@ async fn forbidden_resource_is_named_and_the_others_keep_flowing() {
         .await
         .unwrap();
     let token = token.status.unwrap().token;
-    let kubeconfig = dir.path().join("sa.kubeconfig");
+    let kubeconfig = s.dir.path().join("sa.kubeconfig");
     std::fs::write(&kubeconfig, format!(
         "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: '{}', certificate-authority: '{}'}}}}]\n\
          users: [{{name: sa, user: {{token: '{token}'}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: sa}}}}]\ncurrent-context: t\n",
         common::var("TESTENV_APISERVER_URL"), common::var("TESTENV_CA_FILE"))).unwrap();
 
-    let kw = Kubewire::start_with(
-        dir.path(),
-        &format!(
-            "  - resource: configmaps\n    namespaces: [{ns}]\n  - resource: secrets\n    namespaces: [{ns}]\n"
-        ),
-        &format!(
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .watch("secrets", &[ns])
+        .extra_yaml(&format!(
             "clusters:\n  - name: limited\n    kubeconfig: {}\n",
             kubeconfig.display()
-        ),
-    );
+        ))
+        .start();
     kw.wait_log(60, 1, "stream failing; retrying with backoff", 1)
         .await;
     let failing = kw.log_messages(1, "stream failing; retrying with backoff");
@@ -382,10 +360,10 @@ async fn check_config_reports_every_problem_with_its_path() {
 
 #[tokio::test]
 async fn kill9_during_a_burst_then_restart_replays_to_the_cluster_state() {
-    let (client, dir, ns) = setup("kw-kill", 1).await;
-    let mut kw = Kubewire::start(dir.path(), &configmaps_in(&ns));
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns[0]);
+    let s = Scene::new("kw-kill").await;
+    let mut kw = s.kubewire().watch("configmaps", &[&s.ns]).start();
+    kw.ready(60).await;
+    let api = s.configmaps();
     // The writer runs until told to stop, so the kill lands in the middle of its burst.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
@@ -443,7 +421,7 @@ async fn kill9_during_a_burst_then_restart_replays_to_the_cluster_state() {
         assert!(
             Instant::now() < deadline,
             "not within 90s: 20 events downstream for {REPLAY_WINDOW:?} (output in {})",
-            dir.path().display()
+            s.dir.path().display()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -455,7 +433,7 @@ async fn kill9_during_a_burst_then_restart_replays_to_the_cluster_state() {
     let writes = writer.await.unwrap();
     kw.restart();
     kw.wait_log(60, 2, "resuming from checkpoint", 1).await;
-    let cluster = cluster_configmaps(&client, &[&ns[0]]).await;
+    let cluster = cluster_configmaps(&s.client, &[&s.ns]).await;
     let events = kw
         .wait_events(90, "replay equals the cluster", |ev| replay(ev) == cluster)
         .await;
@@ -478,13 +456,10 @@ async fn kill9_during_a_burst_then_restart_replays_to_the_cluster_state() {
 
 #[tokio::test]
 async fn secret_values_never_appear_in_the_output_by_default() {
-    let (client, dir, ns) = setup("kw-secret", 1).await;
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: secrets\n    namespaces: [{}]\n", ns[0]),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    let api: Api<Secret> = Api::namespaced(client.clone(), &ns[0]);
+    let s = Scene::new("kw-secret").await;
+    let kw = s.kubewire().watch("secrets", &[&s.ns]).start();
+    kw.ready(60).await;
+    let api: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
     let plain = "hunter2-very-secret-value";
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "s", "annotations": {

@@ -6,9 +6,7 @@
 mod common;
 mod harness;
 
-use harness::{
-    Kubewire, change, check_duplicates, cluster_configmaps, configmap, fresh_namespace, replay,
-};
+use harness::{Scene, change, check_duplicates, cluster_configmaps, configmap, replay};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -16,18 +14,14 @@ use serde_json::json;
 
 #[tokio::test]
 async fn relist_after_compaction_reconciles_deletes_modifies_and_creates() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-relist").await;
-    let dir = tempfile::tempdir().unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let s = Scene::new("kw-relist").await;
+    let (client, ns) = (&s.client, &s.ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pp = PostParams::default();
     for name in ["stays", "changes", "goes", "recreated"] {
         api.create(&pp, &configmap(name, &[], "1")).await.unwrap();
     }
-    let mut kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-    );
+    let mut kw = s.kubewire().watch("configmaps", &[ns]).start();
     kw.wait_events(60, "initial snapshot of 4", |ev| ev.len() >= 4)
         .await;
     assert!(kw.stop().await.success());
@@ -52,7 +46,7 @@ async fn relist_after_compaction_reconciles_deletes_modifies_and_creates() {
 
     kw.restart();
     kw.wait_log(60, 2, "relisted", 1).await;
-    let cluster = cluster_configmaps(&client, &[&ns]).await;
+    let cluster = cluster_configmaps(client, &[ns]).await;
     let events = kw
         .wait_events(60, "replay equals the cluster", |ev| replay(ev) == cluster)
         .await;

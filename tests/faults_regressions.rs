@@ -5,17 +5,11 @@
 mod common;
 mod harness;
 
-use harness::{Kubewire, change, configmap, fresh_namespace, object_events};
+use harness::{Kubewire, Scene, change, configmap, object_events};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-
-async fn setup(prefix: &str) -> (kube::Client, tempfile::TempDir, String) {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, prefix).await;
-    (client, tempfile::tempdir().unwrap(), ns)
-}
 
 /// Replaces the harness's checkpoint interval in the kubewire's config (takes effect at the
 /// next restart), so that nothing is committed between two points of a test.
@@ -49,10 +43,7 @@ fn rv(e: &Value) -> u64 {
 /// (the checkpoint is committed), and restarts it with commits pushed out of the test's
 /// reach: whatever it publishes from now on is downstream but not in the committed index.
 async fn committed_then_frozen(dir: &std::path::Path, ns: &str, object: &str) -> Kubewire {
-    let mut kw = Kubewire::start(
-        dir,
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-    );
+    let mut kw = Kubewire::builder(dir).watch("configmaps", &[ns]).start();
     kw.wait_events(60, "the initial snapshot", |ev| {
         !object_events(ev, ns, object).is_empty()
     })
@@ -95,14 +86,15 @@ async fn after_relist(kw: &Kubewire) -> Vec<Value> {
 ///   older, committed resourceVersion: its versions go backwards downstream.
 #[tokio::test]
 async fn regression_relist_after_kill9_uses_a_stale_index_losing_deletes_and_reordering() {
-    let (client, dir, ns) = setup("kw-stale-index").await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let s = Scene::new("kw-stale-index").await;
+    let (client, dir, ns) = (&s.client, &s.dir, &s.ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pp = PostParams::default();
     api.create(&pp, &configmap("modified-then-deleted", &[], "1"))
         .await
         .unwrap();
     // index = {modified-then-deleted @ rv1}, and nothing committed from here on
-    let mut kw = committed_then_frozen(dir.path(), &ns, "modified-then-deleted").await;
+    let mut kw = committed_then_frozen(dir.path(), ns, "modified-then-deleted").await;
     let modified = api
         .patch(
             "modified-then-deleted",
@@ -117,10 +109,10 @@ async fn regression_relist_after_kill9_uses_a_stale_index_losing_deletes_and_reo
         .unwrap();
     let rv2 = modified.metadata.resource_version.clone().unwrap();
     kw.wait_events(60, "the modification and the creation published", |ev| {
-        object_events(ev, &ns, "modified-then-deleted")
+        object_events(ev, ns, "modified-then-deleted")
             .iter()
             .any(|e| e["k8sresourceversion"] == rv2.as_str())
-            && !object_events(ev, &ns, "created-then-deleted").is_empty()
+            && !object_events(ev, ns, "created-then-deleted").is_empty()
     })
     .await;
     // both are downstream; the crash loses only the (uncommitted) checkpoint progress
@@ -136,7 +128,7 @@ async fn regression_relist_after_kill9_uses_a_stale_index_losing_deletes_and_reo
     let events = after_relist(&kw).await;
 
     let mut problems = Vec::new();
-    let created_events = object_events(&events, &ns, "created-then-deleted");
+    let created_events = object_events(&events, ns, "created-then-deleted");
     if created_events.last().map(|e| change(e)) != Some("deleted") {
         problems.push(format!(
             "created-then-deleted (uid {:?}) was published as added, then deleted while \
@@ -148,7 +140,7 @@ async fn regression_relist_after_kill9_uses_a_stale_index_losing_deletes_and_reo
                 .collect::<Vec<_>>()
         ));
     }
-    let modified_events = object_events(&events, &ns, "modified-then-deleted");
+    let modified_events = object_events(&events, ns, "modified-then-deleted");
     let versions: Vec<(&str, u64, Value)> = modified_events
         .iter()
         .map(|e| (change(e), rv(e), e["kubewireorigin"].clone()))
@@ -175,13 +167,14 @@ async fn regression_relist_after_kill9_uses_a_stale_index_losing_deletes_and_reo
 /// downstream: `modified@v2`, the same id.
 #[tokio::test]
 async fn regression_relist_after_kill9_repeats_an_in_doubt_modified_as_added() {
-    let (client, dir, ns) = setup("kw-in-doubt-type").await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let s = Scene::new("kw-in-doubt-type").await;
+    let (client, dir, ns) = (&s.client, &s.dir, &s.ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pp = PostParams::default();
     api.create(&pp, &configmap("committed", &[], "1"))
         .await
         .unwrap();
-    let mut kw = committed_then_frozen(dir.path(), &ns, "committed").await;
+    let mut kw = committed_then_frozen(dir.path(), ns, "committed").await;
     api.create(&pp, &configmap("created-then-modified", &[], "1"))
         .await
         .unwrap();
@@ -195,7 +188,7 @@ async fn regression_relist_after_kill9_repeats_an_in_doubt_modified_as_added() {
         .unwrap();
     let rv2 = modified.metadata.resource_version.clone().unwrap();
     kw.wait_events(60, "the creation and the modification published", |ev| {
-        object_events(ev, &ns, "created-then-modified")
+        object_events(ev, ns, "created-then-modified")
             .iter()
             .any(|e| e["k8sresourceversion"] == rv2.as_str())
     })
@@ -204,7 +197,7 @@ async fn regression_relist_after_kill9_repeats_an_in_doubt_modified_as_added() {
     common::testenv(&["compact"]); // the resume point is gone: the restart must relist
     kw.restart();
     let events = after_relist(&kw).await;
-    let seen: Vec<(String, &str, Value)> = object_events(&events, &ns, "created-then-modified")
+    let seen: Vec<(String, &str, Value)> = object_events(&events, ns, "created-then-modified")
         .iter()
         .map(|e| {
             (
@@ -240,7 +233,8 @@ async fn regression_relist_after_kill9_repeats_an_in_doubt_modified_as_added() {
 #[tokio::test]
 async fn regression_crd_preferred_version_change_across_restart_loses_deletes() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let (client, dir, ns) = setup("kw-crd-pref").await;
+    let s = Scene::new("kw-crd-pref").await;
+    let (client, ns) = (&s.client, &s.ns);
     let group = format!("{}.kubewire.test", common::unique_name("p"));
     let crd_name = format!("widgets.{group}");
     let schema = json!({"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}});
@@ -279,7 +273,7 @@ async fn regression_crd_preferred_version_change_across_restart_loses_deletes() 
         kind: "Widget".into(),
         plural: "widgets".into(),
     };
-    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     for name in ["stays", "goes"] {
         let obj: DynamicObject = serde_json::from_value(json!({
             "apiVersion": format!("{group}/v1"), "kind": "Widget", "metadata": {"name": name}
@@ -287,12 +281,12 @@ async fn regression_crd_preferred_version_change_across_restart_loses_deletes() 
         .unwrap();
         widgets.create(&PostParams::default(), &obj).await.unwrap();
     }
-    let mut kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: widgets.{group}\n    namespaces: [{ns}]\n"),
-    );
+    let mut kw = s
+        .kubewire()
+        .watch(&format!("widgets.{group}"), &[ns])
+        .start();
     kw.wait_events(60, "both widgets' initial events", |ev| {
-        !object_events(ev, &ns, "goes").is_empty() && !object_events(ev, &ns, "stays").is_empty()
+        !object_events(ev, ns, "goes").is_empty() && !object_events(ev, ns, "stays").is_empty()
     })
     .await;
     assert!(kw.stop().await.success());
@@ -314,7 +308,7 @@ async fn regression_crd_preferred_version_change_across_restart_loses_deletes() 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let events = kw.events();
-        let goes = object_events(&events, &ns, "goes");
+        let goes = object_events(&events, ns, "goes");
         if goes.last().map(|e| change(e)) == Some("deleted") {
             break;
         }

@@ -19,7 +19,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use harness::{Kubewire, cluster_configmaps, configmap, fresh_namespace, replay};
+use harness::{Scene, cluster_configmaps, configmap, replay};
 use kafka_util::{Reader, create_topic, sink_yaml};
 
 /// Peak resident memory (VmHWM, kB) of the kubewire process whose command line names `dir`.
@@ -49,21 +49,20 @@ impl Drop for RestartKafka {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_during_a_burst_loses_nothing() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kafka-outage").await;
+    let s = Scene::new("kafka-outage").await;
+    let (client, ns, dir) = (&s.client, &s.ns, &s.dir);
     let topic = common::unique_name("kw-outage");
     create_topic(&topic, 3, &[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start_with_sink(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &sink_yaml(&topic, ""),
-    );
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .sink_yaml(&sink_yaml(&topic, ""))
+        .start();
     kw.wait_log(60, 1, "initial list done", 1).await;
 
     // A writer that keeps changing 50 objects until told to stop; it records every
     // (uid, resourceVersion) the API server returned: each one must reach the topic.
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (api, stop) = (api.clone(), stop.clone());
@@ -137,7 +136,7 @@ async fn broker_outage_during_a_burst_loses_nothing() {
     stop.store(true, Ordering::Relaxed);
     let written = writer.await.unwrap();
 
-    let want = cluster_configmaps(&client, &[ns.as_str()]).await;
+    let want = cluster_configmaps(client, &[ns.as_str()]).await;
     reader
         .wait(
             180,

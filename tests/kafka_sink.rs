@@ -15,8 +15,8 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use harness::{
-    Kubewire, REPLAY_WINDOW, Sightings, assert_replay_bounded, cluster_configmaps, configmap,
-    fresh_namespace, replay,
+    Kubewire, REPLAY_WINDOW, Scene, Sightings, assert_replay_bounded, cluster_configmaps,
+    configmap, replay,
 };
 use kafka_util::{Reader, Record, create_topic, sink_yaml, topic_config};
 
@@ -38,20 +38,19 @@ fn replayed(records: &[Record]) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configmap_churn_reaches_the_topic_in_order_with_headers_and_final_state() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kafka-e2e").await;
+    let s = Scene::new("kafka-e2e").await;
+    let (client, ns) = (&s.client, &s.ns);
     let topic = common::unique_name("kw-e2e");
     create_topic(&topic, 3, &[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start_with_sink(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &sink_yaml(&topic, ""),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .sink_yaml(&sink_yaml(&topic, ""))
+        .start();
+    kw.ready(60).await;
 
     // Churn: 40 objects, each created, updated three times; every fourth deleted.
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let started = Instant::now();
     let mut writes = 0;
     for i in 0..40 {
@@ -76,7 +75,7 @@ async fn configmap_churn_reaches_the_topic_in_order_with_headers_and_final_state
             .unwrap();
         writes += 1;
     }
-    let want = cluster_configmaps(&client, &[ns.as_str()]).await;
+    let want = cluster_configmaps(client, &[ns.as_str()]).await;
 
     let mut reader = Reader::new(&topic).await;
     reader
@@ -144,25 +143,23 @@ async fn configmap_churn_reaches_the_topic_in_order_with_headers_and_final_state
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn templates_override_created_topics_keys_and_tombstones() {
-    let client = common::kube_client().await;
-    let a = fresh_namespace(&client, "kafka-tpl-a").await;
-    let b = fresh_namespace(&client, "kafka-tpl-b").await;
+    let s = Scene::new("kafka-tpl-a").await;
+    let (client, a) = (&s.client, s.ns.clone());
+    let b = s.fresh_namespace("kafka-tpl-b").await;
     let prefix = common::unique_name("kwt");
     let own = format!("{prefix}-own");
-    let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start_with_sink(
-        dir.path(),
-        &format!(
-            "  - resource: configmaps\n    namespaces: [{a}]\n\
-             \x20 - resource: configmaps\n    namespaces: [{b}]\n    kafka: {{topic: {own}}}\n"
-        ),
-        &sink_yaml(
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[&a])
+        .watch("configmaps", &[&b])
+        .with(&format!("kafka: {{topic: {own}}}"))
+        .sink_yaml(&sink_yaml(
             &format!("'{prefix}.{{cluster}}.{{group}}.{{resource}}.{{namespace}}'"),
             "  key: '{kind}:{namespace}/{name}'\n  tombstones: true\n\
              \x20 createTopics: {enabled: true, partitions: 2, cleanupPolicy: compact}\n",
-        ),
-    );
-    kw.wait_log(60, 1, "initial list done", 2).await;
+        ))
+        .start();
+    kw.ready_streams(60, 2).await;
     for ns in [&a, &b] {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
         api.create(&PostParams::default(), &configmap("doomed", &[], "x"))
@@ -212,15 +209,14 @@ async fn templates_override_created_topics_keys_and_tombstones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_topic_is_a_clear_startup_error() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kafka-missing").await;
+    let s = Scene::new("kafka-missing").await;
+    let (ns, dir) = (&s.ns, &s.dir);
     let topic = common::unique_name("kw-absent");
-    let dir = tempfile::tempdir().unwrap();
-    let _kw = Kubewire::start_with_sink(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &sink_yaml(&topic, ""),
-    );
+    let _kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .sink_yaml(&sink_yaml(&topic, ""))
+        .start();
     // kubewire exits with the error on stderr (and in its log), which the harness keeps in
     // `kubewire-1.log`.
     let log = dir.path().join("kubewire-1.log");
@@ -240,18 +236,17 @@ async fn missing_topic_is_a_clear_startup_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_object_is_replaced_by_an_oversize_event_and_others_flow() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kafka-big").await;
+    let s = Scene::new("kafka-big").await;
+    let (client, ns) = (&s.client, &s.ns);
     let topic = common::unique_name("kw-big");
     create_topic(&topic, 1, &[("max.message.bytes", "100000")]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start_with_sink(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &sink_yaml(&topic, ""),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .sink_yaml(&sink_yaml(&topic, ""))
+        .start();
+    kw.ready(60).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("before", &[], "small"))
         .await
         .unwrap();
@@ -318,18 +313,17 @@ async fn oversize_object_is_replaced_by_an_oversize_event_and_others_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_kill9_mid_burst_duplicates_carry_the_original_ce_id() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kafka-kill").await;
+    let s = Scene::new("kafka-kill").await;
+    let (client, ns) = (&s.client, &s.ns);
     let topic = common::unique_name("kw-kill");
     create_topic(&topic, 3, &[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut kw = Kubewire::start_with_sink(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &sink_yaml(&topic, ""),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let mut kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .sink_yaml(&sink_yaml(&topic, ""))
+        .start();
+    kw.ready(60).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     // The writer runs until told to stop, so the kill lands in the middle of its burst.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = tokio::spawn({
@@ -377,7 +371,7 @@ async fn restart_after_kill9_mid_burst_duplicates_carry_the_original_ce_id() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = writer.await.unwrap();
     assert!(writes > 0);
-    let cluster = cluster_configmaps(&client, &[&ns]).await;
+    let cluster = cluster_configmaps(client, &[ns]).await;
     reader
         .wait(90, "the topic replays to the cluster state", |r| {
             replayed(r) == cluster
@@ -435,21 +429,20 @@ fn sasl_sink_yaml(topic: &str, password_file: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_plain_authenticates_and_a_wrong_password_is_a_clear_error() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kafka-sasl").await;
+    let s = Scene::new("kafka-sasl").await;
+    let (client, ns) = (&s.client, &s.ns);
     let topic = common::unique_name("kw-sasl");
     create_topic(&topic, 1, &[]).await;
 
-    let good = tempfile::tempdir().unwrap();
+    let good = &s.dir;
     let pw = good.path().join("password");
     std::fs::write(&pw, format!("{}\n", common::var("KAFKA_SASL_PASSWORD"))).unwrap();
-    let kw = Kubewire::start_with_sink(
-        good.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &sasl_sink_yaml(&topic, &pw),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+    let kw = Kubewire::builder(good.path())
+        .watch("configmaps", &[ns])
+        .sink_yaml(&sasl_sink_yaml(&topic, &pw))
+        .start();
+    kw.ready(60).await;
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &configmap("over-sasl", &[], "1"))
         .await
         .unwrap();
@@ -467,11 +460,10 @@ async fn sasl_plain_authenticates_and_a_wrong_password_is_a_clear_error() {
     let bad = tempfile::tempdir().unwrap();
     let wrong = bad.path().join("password");
     std::fs::write(&wrong, "not-the-password").unwrap();
-    let bad_kw = Kubewire::start_with_sink(
-        bad.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &sasl_sink_yaml(&topic, &wrong),
-    );
+    let bad_kw = Kubewire::builder(bad.path())
+        .watch("configmaps", &[ns])
+        .sink_yaml(&sasl_sink_yaml(&topic, &wrong))
+        .start();
     let log = bad.path().join("kubewire-1.log");
     let line = common::eventually(60, "an authentication error in the log", || async {
         std::fs::read_to_string(&log)
@@ -488,7 +480,7 @@ async fn sasl_plain_authenticates_and_a_wrong_password_is_a_clear_error() {
             .contains("not-the-password"),
         "the password never appears in logs"
     );
-    let admin = bad_kw.admin_address(1).await;
+    let admin = bad_kw.admin().await;
     let body = common::eventually(30, "/readyz reports the sink down", || async {
         let (code, body) = harness::http_get(&admin, "/readyz").await;
         (code == 503 && body.contains("authentication failed")).then_some(body)

@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::Instant;
 
-use harness::{Kubewire, check_duplicates, cluster_configmaps, configmap, fresh_namespace, replay};
+use harness::{Kubewire, Scene, check_duplicates, cluster_configmaps, configmap, replay};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -16,28 +16,24 @@ use serde_json::json;
 const LEASE_SECONDS: u64 = 6;
 
 fn replica(dir: &std::path::Path, ns: &str, identity: &str) -> Kubewire {
-    Kubewire::start_with(
-        dir,
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &format!(
+    Kubewire::builder(dir).watch("configmaps", &[ns]).extra_yaml(&format!(
             "leaderElection:\n  enabled: true\n  leaseName: kubewire-test\n  leaseNamespace: {ns}\n  \
              identity: {identity}\n  leaseDurationSeconds: {LEASE_SECONDS}\n  renewGraceSeconds: 2\n"
-        ),
-    )
+        )).start()
 }
 
 #[tokio::test]
 async fn a_standby_takes_over_when_the_leader_is_killed_and_the_stream_converges() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-ha").await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let s = Scene::new("kw-ha").await;
+    let (client, ns) = (&s.client, &s.ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pp = PostParams::default();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (da, db) = (&s.dir, tempfile::tempdir().unwrap());
 
-    let mut a = replica(da.path(), &ns, "replica-a");
+    let mut a = replica(da.path(), ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
         .await;
-    let b = replica(db.path(), &ns, "replica-b");
+    let b = replica(db.path(), ns, "replica-b");
     b.wait_log(60, 1, "waiting for leadership", 1).await;
 
     for i in 0..20 {
@@ -76,7 +72,7 @@ async fn a_standby_takes_over_when_the_leader_is_killed_and_the_stream_converges
     eprintln!("takeover after kill -9 of the leader: {takeover:?} (lease {LEASE_SECONDS}s)");
     assert!(takeover.as_secs() <= LEASE_SECONDS + 4, "took {takeover:?}");
 
-    let cluster = cluster_configmaps(&client, &[&ns]).await;
+    let cluster = cluster_configmaps(client, &[ns]).await;
     let combined = || {
         let mut all = a.events();
         all.extend(b.events());
@@ -93,13 +89,13 @@ async fn a_standby_takes_over_when_the_leader_is_killed_and_the_stream_converges
 
 #[tokio::test]
 async fn a_graceful_stop_releases_the_lease_and_exits_zero() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-ha-term").await;
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = replica(da.path(), &ns, "replica-a");
+    let s = Scene::new("kw-ha-term").await;
+    let ns = &s.ns;
+    let (da, db) = (&s.dir, tempfile::tempdir().unwrap());
+    let mut a = replica(da.path(), ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
         .await;
-    let b = replica(db.path(), &ns, "replica-b");
+    let b = replica(db.path(), ns, "replica-b");
     b.wait_log(60, 1, "waiting for leadership", 1).await;
     assert!(a.stop().await.success());
     assert_eq!(
@@ -122,14 +118,13 @@ async fn a_graceful_stop_releases_the_lease_and_exits_zero() {
 /// start resumes from the committed checkpoint and replays nothing.
 #[tokio::test]
 async fn sigterm_under_leader_election_drains_commits_and_releases_the_lease() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-ha-drain").await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let dir = tempfile::tempdir().unwrap();
-    let mut a = replica(dir.path(), &ns, "replica-a");
+    let s = Scene::new("kw-ha-drain").await;
+    let (client, ns, dir) = (&s.client, &s.ns, &s.dir);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let mut a = replica(dir.path(), ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
         .await;
-    a.wait_log(60, 1, "initial list done", 1).await;
+    a.ready_streams(60, 1).await;
     // A burst still flowing through the pipeline when the SIGTERM arrives.
     for i in 0..100 {
         api.create(
@@ -162,7 +157,7 @@ async fn sigterm_under_leader_election_drains_commits_and_releases_the_lease() {
     a.wait_log(60, 2, "acquired leadership: starting streams", 1)
         .await;
     a.wait_log(60, 2, "resuming from checkpoint", 1).await;
-    let cluster = cluster_configmaps(&client, &[&ns]).await;
+    let cluster = cluster_configmaps(client, &[ns]).await;
     common::eventually(60, "the output replays to the cluster state", || async {
         (replay(&a.events()) == cluster).then_some(())
     })
@@ -183,17 +178,16 @@ async fn sigterm_under_leader_election_drains_commits_and_releases_the_lease() {
 #[tokio::test]
 async fn a_leader_that_loses_its_lease_stops_publishing_at_once() {
     use k8s_openapi::api::coordination::v1::Lease;
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-ha-lost").await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let dir = tempfile::tempdir().unwrap();
-    let a = replica(dir.path(), &ns, "replica-a");
+    let s = Scene::new("kw-ha-lost").await;
+    let (client, ns, dir) = (&s.client, &s.ns, &s.dir);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let a = replica(dir.path(), ns, "replica-a");
     a.wait_log(60, 1, "acquired leadership: starting streams", 1)
         .await;
-    a.wait_log(60, 1, "initial list done", 1).await;
+    a.ready_streams(60, 1).await;
 
     // Another holder takes the Lease for an hour, as a partitioned leader's successor would.
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
     let now = chrono::Utc::now()
         .format("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string();

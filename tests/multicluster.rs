@@ -4,7 +4,7 @@
 mod common;
 mod harness;
 
-use harness::{Kubewire, change, configmap, create_namespace, fresh_namespace};
+use harness::{Scene, change, configmap, create_namespace};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
@@ -26,27 +26,23 @@ async fn second_cluster() -> kube::Client {
 
 #[tokio::test]
 async fn two_clusters_stream_into_one_sink_each_event_tagged_with_its_cluster() {
-    let one = common::kube_client().await;
+    let s = Scene::new("kw-multi").await;
+    let (one, ns) = (&s.client, &s.ns);
     let two = second_cluster().await;
-    let ns = fresh_namespace(&one, "kw-multi").await;
-    create_namespace(&two, &ns).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start_with(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &format!(
+    create_namespace(&two, ns).await;
+    let kw = s
+        .kubewire().watch("configmaps", &[ns]).extra_yaml(&format!(
             "clusters:\n  - name: east\n    kubeconfig: {}\n  - name: west\n    kubeconfig: {}\n    qps: 5\n    burst: 5\n",
             common::var("KUBECONFIG"),
             common::env()["KUBECONFIG_2"],
-        ),
-    );
-    kw.wait_log(60, 1, "initial list done", 2).await;
+        )).start();
+    kw.ready_streams(60, 2).await;
     let pp = PostParams::default();
-    let a = Api::<ConfigMap>::namespaced(one.clone(), &ns)
+    let a = Api::<ConfigMap>::namespaced(one.clone(), ns)
         .create(&pp, &configmap("same-name", &[], "east"))
         .await
         .unwrap();
-    let b = Api::<ConfigMap>::namespaced(two.clone(), &ns)
+    let b = Api::<ConfigMap>::namespaced(two.clone(), ns)
         .create(&pp, &configmap("same-name", &[], "west"))
         .await
         .unwrap();

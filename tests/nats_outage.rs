@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use harness::{Kubewire, configmap, fresh_namespace};
+use harness::{Scene, configmap};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -57,19 +57,18 @@ async fn probe(api: &Api<ConfigMap>, stream: &str, n: u32) -> (f64, (String, Str
 
 #[tokio::test]
 async fn nats_restart_during_a_burst_loses_no_event() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-nats-outage").await;
-    let dir = tempfile::tempdir().unwrap();
+    let s = Scene::new("kw-nats-outage").await;
+    let (client, ns) = (&s.client, &s.ns);
     let prefix = unique_prefix("kwout");
     let stream = prefix.to_uppercase();
-    let kw = Kubewire::start_with_sink(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &jetstream_sink(&common::nats_url(), &stream, &prefix),
-    );
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .sink_yaml(&jetstream_sink(&common::nats_url(), &stream, &prefix))
+        .start();
     kw.wait_log(60, 1, "initial list done", 1).await;
 
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     const N: usize = 10;
     let mut written = Vec::new();
     for i in 0..N {
@@ -136,7 +135,7 @@ async fn nats_restart_during_a_burst_loses_no_event() {
         .unwrap();
     kw.wait_log(30, 1, "NATS sink down", 2).await;
     // /readyz and the metrics say so.
-    let admin = kw.admin_address(1).await;
+    let admin = kw.admin().await;
     common::eventually(
         30,
         "/readyz and sink_up to show the NATS sink down",
@@ -170,7 +169,7 @@ async fn nats_restart_during_a_burst_loses_no_event() {
     written.extend(writer.await.unwrap());
     let (_nc, ctx) = js().await;
 
-    let published = wait_stream_matches_cluster(&ctx, &stream, &client, &[&ns], 120).await;
+    let published = wait_stream_matches_cluster(&ctx, &stream, client, &[ns], 120).await;
     let stored: HashSet<(String, String)> = published
         .iter()
         .map(|p| {

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use futures::StreamExt;
-use harness::{Kubewire, configmap, fresh_namespace};
+use harness::{Scene, configmap};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -20,16 +20,6 @@ use nats_support::{
     read_stream, unique_prefix, wait_stream_matches_cluster,
 };
 use serde_json::json;
-
-async fn setup(prefix: &str) -> (kube::Client, tempfile::TempDir, String) {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, prefix).await;
-    (client, tempfile::tempdir().unwrap(), ns)
-}
-
-fn configmaps_in(ns: &str) -> String {
-    format!("  - resource: configmaps\n    namespaces: [{ns}]\n")
-}
 
 /// Updates `name`'s data to `value` (merge patch).
 async fn update(api: &Api<ConfigMap>, name: impl AsRef<str>, value: impl ToString) {
@@ -55,11 +45,12 @@ async fn stream_messages(ctx: &async_nats::jetstream::Context, stream: &str) -> 
 
 #[tokio::test]
 async fn jetstream_end_to_end_ordered_per_subject_with_headers_and_final_state() {
-    let (client, dir, ns) = setup("kw-nats-e2e").await;
+    let s = Scene::new("kw-nats-e2e").await;
+    let (client, ns) = (&s.client, &s.ns);
     let (_nc, ctx) = js().await;
     let prefix = unique_prefix("kwe2e");
     let stream = prefix.to_uppercase();
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pp = PostParams::default();
 
     // A snapshot to measure throughput of the initial sync.
@@ -81,12 +72,12 @@ async fn jetstream_end_to_end_ordered_per_subject_with_headers_and_final_state()
         .await;
 
     let started = Instant::now();
-    let kw = Kubewire::start_with_sink(
-        dir.path(),
-        &configmaps_in(&ns),
-        &jetstream_sink(&common::nats_url(), &stream, &prefix),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .sink_yaml(&jetstream_sink(&common::nats_url(), &stream, &prefix))
+        .start();
+    kw.ready(60).await;
     common::eventually(60, "the snapshot in the stream", || async {
         (stream_messages(&ctx, &stream).await >= SNAPSHOT as u64).then_some(())
     })
@@ -125,7 +116,7 @@ async fn jetstream_end_to_end_ordered_per_subject_with_headers_and_final_state()
         api.delete(n, &DeleteParams::default()).await.unwrap();
     }
     let writes = N + N * UPDATES + 5;
-    let published = wait_stream_matches_cluster(&ctx, &stream, &client, &[&ns], 90).await;
+    let published = wait_stream_matches_cluster(&ctx, &stream, client, &[ns], 90).await;
     let churn_secs = churn_start.elapsed().as_secs_f64();
     println!(
         "e2e: snapshot of {SNAPSHOT} events in {snapshot_secs:.2}s from process start ({:.0} events/s); \
@@ -147,7 +138,7 @@ async fn jetstream_end_to_end_ordered_per_subject_with_headers_and_final_state()
         assert_eq!(tokens[1], "default");
         assert_eq!(tokens[2], "core");
         assert_eq!(tokens[3], "ConfigMap");
-        assert_eq!(unescape(tokens[4]), ns);
+        assert_eq!(unescape(tokens[4]), *ns);
         assert_eq!(unescape(tokens[5]), p.event["k8sname"].as_str().unwrap());
     }
     let dotted = published
@@ -181,16 +172,21 @@ async fn jetstream_end_to_end_ordered_per_subject_with_headers_and_final_state()
 
 #[tokio::test]
 async fn replay_from_an_older_checkpoint_after_kill9_is_dropped_by_jetstream_dedupe() {
-    let (client, dir, ns) = setup("kw-nats-dedupe").await;
+    let s = Scene::new("kw-nats-dedupe").await;
+    let (client, dir, ns) = (&s.client, &s.dir, &s.ns);
     let (_nc, ctx) = js().await;
     let prefix = unique_prefix("kwdup");
     let stream = prefix.to_uppercase();
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let sink = jetstream_sink(&common::nats_url(), &stream, &prefix);
 
     // Run 1: ten objects, then a clean stop; keep that (older) checkpoint.
-    let mut kw = Kubewire::start_with_sink(dir.path(), &configmaps_in(&ns), &sink);
-    kw.wait_log(60, 1, "initial list done", 1).await;
+    let mut kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .sink_yaml(&sink)
+        .start();
+    kw.ready(60).await;
     const N: usize = 10;
     for i in 0..N {
         api.create(
@@ -200,7 +196,7 @@ async fn replay_from_an_older_checkpoint_after_kill9_is_dropped_by_jetstream_ded
         .await
         .unwrap();
     }
-    wait_stream_matches_cluster(&ctx, &stream, &client, &[&ns], 60).await;
+    wait_stream_matches_cluster(&ctx, &stream, client, &[ns], 60).await;
     assert!(kw.stop().await.success());
     let checkpoint = dir.path().join("checkpoint.redb");
     let older = dir.path().join("older.redb");
@@ -231,7 +227,7 @@ async fn replay_from_an_older_checkpoint_after_kill9_is_dropped_by_jetstream_ded
     std::fs::copy(&older, &checkpoint).unwrap();
     kw.restart();
     burst(11, 13).await;
-    let published = wait_stream_matches_cluster(&ctx, &stream, &client, &[&ns], 90).await;
+    let published = wait_stream_matches_cluster(&ctx, &stream, client, &[ns], 90).await;
     let duplicates = kw.log_messages(3, "JetStream dropped a duplicate").len();
     println!(
         "dedupe: {before_replay} messages before the replay, {} after; {duplicates} PubAcks with duplicate: true in run 3",
@@ -279,15 +275,16 @@ async fn run_to_exit(dir: &std::path::Path, config: &str) -> (bool, String) {
 
 #[tokio::test]
 async fn missing_stream_or_uncovered_subject_is_a_clear_startup_error() {
-    let (_client, dir, ns) = setup("kw-nats-startup").await;
+    let s = Scene::new("kw-nats-startup").await;
+    let (dir, ns) = (&s.dir, &s.ns);
     let (_nc, ctx) = js().await;
     let prefix = unique_prefix("kwstart");
     let stream = prefix.to_uppercase();
     let config = |stream_yaml: &str| {
         format!(
-            "resources:\n{}sink:\n  type: nats\n  url: {}\n  subject: '{prefix}.{{namespace}}.{{name}}'\n{stream_yaml}\
+            "resources:\n  - resource: configmaps\n    namespaces: [{ns}]\n\
+             sink:\n  type: nats\n  url: {}\n  subject: '{prefix}.{{namespace}}.{{name}}'\n{stream_yaml}\
              checkpoint:\n  path: {}\nlog:\n  format: text\nadmin:\n  enabled: false\n",
-            configmaps_in(&ns),
             common::nats_url(),
             dir.path().join("cp.redb").display(),
         )
@@ -331,22 +328,23 @@ async fn missing_stream_or_uncovered_subject_is_a_clear_startup_error() {
 
 #[tokio::test]
 async fn core_nats_mode_publishes_fire_and_forget_with_headers() {
-    let (client, dir, ns) = setup("kw-nats-core").await;
+    let s = Scene::new("kw-nats-core").await;
+    let (client, ns) = (&s.client, &s.ns);
     let (nc, _ctx) = js().await;
     let prefix = unique_prefix("kwcore");
     let mut sub = nc.subscribe(format!("{prefix}.>")).await.unwrap();
     nc.flush().await.unwrap();
-    let kw = Kubewire::start_with_sink(
-        dir.path(),
-        &configmaps_in(&ns),
-        &format!(
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .sink_yaml(&format!(
             "sink:\n  type: nats\n  url: {}\n  jetstream: false\n  \
              subject: '{prefix}.{{kind}}.{{namespace}}.{{name}}'\n",
             common::nats_url()
-        ),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        ))
+        .start();
+    kw.ready(60).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("c.1", &[], "a"))
         .await
         .unwrap();
@@ -388,17 +386,18 @@ async fn core_nats_mode_publishes_fire_and_forget_with_headers() {
 
 #[tokio::test]
 async fn oversize_event_is_replaced_by_a_stand_in_naming_the_object_and_later_events_flow() {
-    let (client, dir, ns) = setup("kw-nats-big").await;
+    let s = Scene::new("kw-nats-big").await;
+    let (client, ns) = (&s.client, &s.ns);
     let (_nc, ctx) = js().await;
     let prefix = unique_prefix("kwbig");
     let stream = prefix.to_uppercase();
-    let kw = Kubewire::start_with_sink(
-        dir.path(),
-        &configmaps_in(&ns),
-        &jetstream_sink(&common::nats_url(), &stream, &prefix),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .sink_yaml(&jetstream_sink(&common::nats_url(), &stream, &prefix))
+        .start();
+    kw.ready(60).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let pp = PostParams::default();
     api.create(&pp, &configmap("before", &[], "x"))
         .await
@@ -496,7 +495,8 @@ fn nats_server_binary() -> std::path::PathBuf {
 
 #[tokio::test]
 async fn token_authentication_against_a_server_that_requires_it() {
-    let (client, dir, ns) = setup("kw-nats-auth").await;
+    let s = Scene::new("kw-nats-auth").await;
+    let (client, dir, ns) = (&s.client, &s.dir, &s.ns);
     let token = format!("tok-{}", common::unique_name("s"));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -528,21 +528,21 @@ async fn token_authentication_against_a_server_that_requires_it() {
     let ctx = async_nats::jetstream::new(nc);
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let kw = Kubewire::start_with_sink(
-        dir.path(),
-        &configmaps_in(&ns),
-        &format!(
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .sink_yaml(&format!(
             "{}  auth:\n    token: {{file: {}}}\n",
             jetstream_sink(&server.url, "AUTHED", "authed"),
             token_file.display()
-        ),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        ))
+        .start();
+    kw.ready(60).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("secured", &[], "1"))
         .await
         .unwrap();
-    let published = wait_stream_matches_cluster(&ctx, "AUTHED", &client, &[&ns], 60).await;
+    let published = wait_stream_matches_cluster(&ctx, "AUTHED", client, &[ns], 60).await;
     assert_eq!(published.len(), 1);
     assert_headers(&published[0]);
     drop(kw);

@@ -3,21 +3,21 @@
 mod common;
 mod harness;
 
-use harness::{Kubewire, configmap, fresh_namespace, http_get};
+use harness::{Scene, configmap, http_get};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
 
 #[tokio::test]
 async fn readyz_names_the_unresolvable_resource_and_metrics_count_published_events() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-ops").await;
-    let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n  - resource: nosuchthings\n"),
-    );
-    let admin = kw.admin_address(1).await;
+    let s = Scene::new("kw-ops").await;
+    let (client, ns) = (&s.client, &s.ns);
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .watch("nosuchthings", &[])
+        .start();
+    let admin = kw.admin().await;
     kw.wait_log(60, 1, "initial list done", 1).await;
 
     let (code, body) = http_get(&admin, "/readyz").await;
@@ -35,7 +35,7 @@ async fn readyz_names_the_unresolvable_resource_and_metrics_count_published_even
     let (code, body) = http_get(&admin, "/healthz").await;
     assert_eq!((code, body.as_str()), (200, "ok\n"));
 
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("m", &[], "1"))
         .await
         .unwrap();
@@ -64,14 +64,10 @@ async fn readyz_names_the_unresolvable_resource_and_metrics_count_published_even
 
 #[tokio::test]
 async fn readyz_is_ok_once_every_stream_has_synced() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-ready").await;
-    let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-    );
-    let admin = kw.admin_address(1).await;
+    let s = Scene::new("kw-ready").await;
+    let ns = &s.ns;
+    let kw = s.kubewire().watch("configmaps", &[ns]).start();
+    let admin = kw.admin().await;
     let body = common::eventually(60, "readyz 200", || async {
         let (code, body) = http_get(&admin, "/readyz").await;
         (code == 200).then_some(body)
@@ -100,15 +96,11 @@ fn dashboard_metric_names() -> Vec<String> {
 
 #[tokio::test]
 async fn the_dashboard_queries_only_metrics_kubewire_exports() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-dash").await;
-    let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-    );
-    let admin = kw.admin_address(1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let s = Scene::new("kw-dash").await;
+    let (client, ns) = (&s.client, &s.ns);
+    let kw = s.kubewire().watch("configmaps", &[ns]).start();
+    let admin = kw.admin().await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("d", &[], "1"))
         .await
         .unwrap();
@@ -140,18 +132,16 @@ fn family(sample: &str) -> &str {
 /// `/readyz` and never fails `/healthz`.
 #[tokio::test]
 async fn an_unresolved_resource_never_fails_healthz_past_the_wedge_limit() {
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-ops-wait").await;
-    let dir = tempfile::tempdir().unwrap();
+    let s = Scene::new("kw-ops-wait").await;
+    let ns = &s.ns;
     // Wedged after idleTimeoutSeconds + 60 s = 62 s without a sign of life.
-    let kw = Kubewire::start_with(
-        dir.path(),
-        &format!(
-            "  - resource: configmaps\n    namespaces: [{ns}]\n  - resource: notyetinstalleds\n"
-        ),
-        "watch:\n  timeoutSeconds: 1\n  idleTimeoutSeconds: 2\n",
-    );
-    let admin = kw.admin_address(1).await;
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .watch("notyetinstalleds", &[])
+        .extra_yaml("watch:\n  timeoutSeconds: 1\n  idleTimeoutSeconds: 2\n")
+        .start();
+    let admin = kw.admin().await;
     kw.wait_log(60, 1, "resource not watched", 1).await;
     let since = std::time::Instant::now();
     let limit = std::time::Duration::from_secs(62 + 8);

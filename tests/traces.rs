@@ -9,7 +9,7 @@ mod otel_support;
 
 use std::collections::HashSet;
 
-use harness::{Kubewire, configmap, fresh_namespace, object_events};
+use harness::{Scene, configmap, object_events};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
@@ -19,18 +19,17 @@ use otel_support::{Span, collector, spans_of, telemetry_yaml, trace_of};
 async fn every_published_events_traceparent_is_a_span_the_collector_received_with_its_stage_spans()
 {
     let (endpoint, file) = collector();
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-traces").await;
+    let s = Scene::new("kw-traces").await;
+    let (client, ns) = (&s.client, &s.ns);
     let service = common::unique_name("kubewire-traces");
-    let dir = tempfile::tempdir().unwrap();
-    let kw = Kubewire::start_with(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &telemetry_yaml(&endpoint, &service, 200, ""),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .extra_yaml(&telemetry_yaml(&endpoint, &service, 200, ""))
+        .start();
+    kw.ready(60).await;
 
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let names = ["one", "two", "three"];
     for n in names {
         api.create(&PostParams::default(), &configmap(n, &[], "v"))
@@ -39,13 +38,13 @@ async fn every_published_events_traceparent_is_a_span_the_collector_received_wit
     }
     let events = kw
         .wait_events(60, "three Added events", |ev| {
-            names.iter().all(|n| !object_events(ev, &ns, n).is_empty())
+            names.iter().all(|n| !object_events(ev, ns, n).is_empty())
         })
         .await;
     let published: Vec<(String, String, String)> = names
         .iter()
         .map(|n| {
-            let e = object_events(&events, &ns, n)[0];
+            let e = object_events(&events, ns, n)[0];
             let (trace, span) = trace_of(e);
             (trace, span, e["id"].as_str().unwrap().to_owned())
         })
@@ -85,7 +84,7 @@ async fn every_published_events_traceparent_is_a_span_the_collector_received_wit
             event.attributes["cloudevents.event_type"],
             "io.kubewire.object.added"
         );
-        assert_eq!(event.attributes["k8s.namespace.name"], ns);
+        assert_eq!(event.attributes["k8s.namespace.name"], *ns);
         assert_eq!(event.attributes["kubewire.origin"], "watch");
         // Linked to the watch request that carried it.
         let (link_trace, link_span) = event.links.first().expect("a link to the watch span");
@@ -120,22 +119,21 @@ async fn a_collector_that_is_down_neither_blocks_nor_slows_the_events() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-traces-down").await;
-    let dir = tempfile::tempdir().unwrap();
+    let s = Scene::new("kw-traces-down").await;
+    let (client, ns) = (&s.client, &s.ns);
     // A tiny queue, so that it overflows at once and spans are dropped.
-    let mut kw = Kubewire::start_with(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &telemetry_yaml(
+    let mut kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .extra_yaml(&telemetry_yaml(
             &format!("http://127.0.0.1:{port}"),
             "kubewire-traces-down",
             200,
             "    maxQueueSize: 4\n    maxExportBatchSize: 2\n    exportTimeoutMs: 500\n",
-        ),
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        ))
+        .start();
+    kw.ready(60).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let n = 40;
     for i in 0..n {
         api.create(
@@ -147,11 +145,11 @@ async fn a_collector_that_is_down_neither_blocks_nor_slows_the_events() {
     }
     let events = kw
         .wait_events(30, "every event despite the dead collector", |ev| {
-            (0..n).all(|i| !object_events(ev, &ns, &format!("cm-{i}")).is_empty())
+            (0..n).all(|i| !object_events(ev, ns, &format!("cm-{i}")).is_empty())
         })
         .await;
     for i in 0..n {
-        trace_of(object_events(&events, &ns, &format!("cm-{i}"))[0]);
+        trace_of(object_events(&events, ns, &format!("cm-{i}"))[0]);
     }
     kw.wait_log(
         30,

@@ -7,7 +7,7 @@ mod common;
 mod harness;
 mod otel_support;
 
-use harness::{Kubewire, configmap, fresh_namespace, object_events};
+use harness::{Scene, configmap, object_events};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -23,32 +23,31 @@ fn find<'a>(spans: &'a [Span], trace: &str, span: &str) -> Option<&'a Span> {
 #[tokio::test]
 async fn watch_restarts_and_relists_are_spans_and_a_graceful_stop_flushes_them() {
     let (endpoint, file) = collector();
-    let client = common::kube_client().await;
-    let ns = fresh_namespace(&client, "kw-traces-relist").await;
+    let s = Scene::new("kw-traces-relist").await;
+    let (client, ns) = (&s.client, &s.ns);
     let service = common::unique_name("kubewire-relist");
-    let dir = tempfile::tempdir().unwrap();
     // The export interval is far longer than the test: only the flush at a graceful stop
     // exports anything. Watches end after 1 s, so they restart (cause `timeout`).
     let extra = format!(
         "{}watch:\n  timeoutSeconds: 1\n  idleTimeoutSeconds: 30\n",
         telemetry_yaml(&endpoint, &service, 600_000, "")
     );
-    let mut kw = Kubewire::start_with(
-        dir.path(),
-        &format!("  - resource: configmaps\n    namespaces: [{ns}]\n"),
-        &extra,
-    );
-    kw.wait_log(60, 1, "initial list done", 1).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let mut kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .extra_yaml(&extra)
+        .start();
+    kw.ready(60).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &configmap("cm", &[], "1"))
         .await
         .unwrap();
     let events = kw
         .wait_events(60, "the Added event", |ev| {
-            !object_events(ev, &ns, "cm").is_empty()
+            !object_events(ev, ns, "cm").is_empty()
         })
         .await;
-    let (added_trace, added_span) = trace_of(object_events(&events, &ns, "cm")[0]);
+    let (added_trace, added_span) = trace_of(object_events(&events, ns, "cm")[0]);
     // Three watch requests: the one after the list, and two restarts after it timed out.
     kw.wait_log(30, 1, "watching", 3).await;
     assert!(
@@ -95,7 +94,7 @@ async fn watch_restarts_and_relists_are_spans_and_a_graceful_stop_flushes_them()
         .wait_events(60, "the relist marker and the relisted Modified", |ev| {
             ev.iter()
                 .any(|e| e["type"] == "io.kubewire.stream.relisted")
-                && object_events(ev, &ns, "cm")
+                && object_events(ev, ns, "cm")
                     .iter()
                     .any(|e| e["kubewireorigin"] == "relist")
         })
@@ -104,7 +103,7 @@ async fn watch_restarts_and_relists_are_spans_and_a_graceful_stop_flushes_them()
         .iter()
         .find(|e| e["type"] == "io.kubewire.stream.relisted")
         .unwrap();
-    let relisted = object_events(&events, &ns, "cm")
+    let relisted = object_events(&events, ns, "cm")
         .into_iter()
         .find(|e| e["kubewireorigin"] == "relist")
         .unwrap();

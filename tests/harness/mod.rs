@@ -18,55 +18,140 @@ pub struct Kubewire {
     child: Option<Child>,
     pub dir: PathBuf,
     runs: u32,
+    admin: String,
 }
 
-impl Kubewire {
-    /// Writes `config.yaml` (the given `resources:` block plus a file sink, checkpoint and
-    /// JSON logs inside `dir`) and starts kubewire with the admin kubeconfig.
-    pub fn start(dir: &Path, resources_yaml: &str) -> Self {
-        Self::start_with(dir, resources_yaml, "")
+/// The configuration of a kubewire under test, built call by call: a `resources:` block, a
+/// sink (the file sink unless told otherwise), the checkpoint and JSON logs inside the
+/// directory, and the admin server on a port the harness picked (so [`Kubewire::admin`]
+/// knows it without reading logs).
+pub struct Builder {
+    dir: PathBuf,
+    resources: String,
+    sink: Option<String>,
+    extra: String,
+}
+
+impl Builder {
+    /// Watches `resource` in `namespaces` (every namespace when empty).
+    pub fn watch(mut self, resource: &str, namespaces: &[&str]) -> Self {
+        self.resources += &format!("  - resource: {resource}\n");
+        if !namespaces.is_empty() {
+            self.resources += &format!("    namespaces: [{}]\n", namespaces.join(", "));
+        }
+        self
     }
 
-    /// As [`Kubewire::start`], with extra top-level YAML (e.g. a `clusters:` block).
-    pub fn start_with(dir: &Path, resources_yaml: &str, extra_yaml: &str) -> Self {
-        Self::start_full(dir, resources_yaml, None, extra_yaml)
+    /// One more field of the resource last added by [`Builder::watch`], e.g.
+    /// `"labelSelector: tier=front"` or `"kafka: {topic: mine}"`.
+    pub fn with(mut self, field: &str) -> Self {
+        assert!(!self.resources.is_empty(), "with() follows a watch()");
+        self.resources += &format!("    {field}\n");
+        self
     }
 
-    /// As [`Kubewire::start`], with another `sink:` block instead of the file sink, e.g.
+    /// Escape hatch: raw entries of the `resources:` list (indented by two, newline-terminated).
+    pub fn resource_yaml(mut self, yaml: &str) -> Self {
+        self.resources += yaml;
+        self
+    }
+
+    /// Another `sink:` block instead of the file sink, e.g.
     /// `"sink:\n  type: nats\n  url: nats://..."` (top-level YAML, newline-terminated).
     /// [`Kubewire::events`] then reads nothing: read the events from the sink.
-    pub fn start_with_sink(dir: &Path, resources_yaml: &str, sink_yaml: &str) -> Self {
-        Self::start_full(dir, resources_yaml, Some(sink_yaml), "")
+    pub fn sink_yaml(mut self, yaml: &str) -> Self {
+        self.sink = Some(yaml.to_owned());
+        self
     }
 
-    /// Writes the config (`sink_yaml` or the file sink) and starts kubewire.
-    pub fn start_full(
-        dir: &Path,
-        resources_yaml: &str,
-        sink_yaml: Option<&str>,
-        extra_yaml: &str,
-    ) -> Self {
+    /// Escape hatch: extra top-level YAML (e.g. a `clusters:` block), newline-terminated.
+    pub fn extra_yaml(mut self, yaml: &str) -> Self {
+        self.extra += yaml;
+        self
+    }
+
+    /// Writes `config.yaml` and starts kubewire with the admin kubeconfig.
+    pub fn start(self) -> Kubewire {
+        let dir = self.dir;
         let file_sink = format!(
             "sink:\n  type: file\n  path: {}\n",
             dir.join("events.jsonl").display()
         );
-        let sink = sink_yaml.unwrap_or(&file_sink);
+        let sink = self.sink.as_deref().unwrap_or(&file_sink);
+        let admin = free_loopback_address();
         let config = format!(
-            "resources:\n{resources_yaml}\n\
+            "resources:\n{resources}\n\
              {sink}\
              checkpoint:\n  path: {cp}\n  commitIntervalMs: 100\n\
              log:\n  format: json\n  level: info,kubewire=debug\n\
-             admin:\n  address: 127.0.0.1:0\n{extra_yaml}",
+             admin:\n  address: {admin}\n{extra}",
+            resources = self.resources,
             cp = dir.join("checkpoint.redb").display(),
+            extra = self.extra,
         );
         std::fs::write(dir.join("config.yaml"), config).unwrap();
-        let mut kw = Self {
+        let mut kw = Kubewire {
             child: None,
-            dir: dir.to_owned(),
+            dir,
             runs: 0,
+            admin,
         };
         kw.restart();
         kw
+    }
+}
+
+/// `127.0.0.1:<port>` of a port free right now: bound, read, released.
+fn free_loopback_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let address = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    address
+}
+
+impl Kubewire {
+    /// A kubewire under test whose config, checkpoint, output and logs live in `dir`.
+    pub fn builder(dir: &Path) -> Builder {
+        Builder {
+            dir: dir.to_owned(),
+            resources: String::new(),
+            sink: None,
+            extra: String::new(),
+        }
+    }
+
+    /// The admin server's address (the harness picked the port; the same in every run),
+    /// once the server accepts connections.
+    pub async fn admin(&self) -> String {
+        let what = format!("admin server on {} ({})", self.admin, self.dir.display());
+        common::eventually(30, &what, || async {
+            tokio::net::TcpStream::connect(&self.admin).await.ok()
+        })
+        .await;
+        self.admin.clone()
+    }
+
+    /// Waits until `/readyz` answers 200: every stream synced, the sink up.
+    pub async fn ready(&self, secs: u64) {
+        self.ready_body(secs, |_| true).await;
+    }
+
+    /// As [`Kubewire::ready`], and ready with exactly `streams` streams (with several, one
+    /// synced stream is ready before the next has started).
+    pub async fn ready_streams(&self, secs: u64, streams: usize) {
+        let expected = format!("ready: {streams} streams");
+        self.ready_body(secs, |b| b.starts_with(&expected)).await;
+    }
+
+    async fn ready_body(&self, secs: u64, ok: impl Fn(&str) -> bool) {
+        let what = format!("/readyz 200 ({})", self.dir.display());
+        common::eventually(secs, &what, || async {
+            let s = tokio::net::TcpStream::connect(&self.admin).await.ok()?;
+            drop(s);
+            let (code, body) = http_get(&self.admin, "/readyz").await;
+            (code == 200 && ok(&body)).then_some(())
+        })
+        .await
     }
 
     /// Starts the process again (after a stop or a kill) with the same config and state.
@@ -164,21 +249,6 @@ impl Kubewire {
             pred(&ev).then_some(ev)
         })
         .await
-    }
-
-    /// The admin server's address of run `run` (it listens on a free port).
-    pub async fn admin_address(&self, run: u32) -> String {
-        self.wait_log(
-            30,
-            run,
-            "admin server listening (/metrics /healthz /readyz)",
-            1,
-        )
-        .await;
-        self.log_messages(run, "admin server listening (/metrics /healthz /readyz)")[0]["address"]
-            .as_str()
-            .expect("address field")
-            .to_owned()
     }
 
     /// Waits until run `run` has logged `message` at least `count` times.
@@ -287,6 +357,42 @@ pub async fn cluster_configmaps(
         }
     }
     out
+}
+
+/// What most tests start from: a kube client (admin), a fresh namespace of their own and a
+/// temporary directory for kubewire's config, checkpoint, output and logs.
+pub struct Scene {
+    pub client: kube::Client,
+    /// A fresh namespace, named `<prefix>-<unique>`.
+    pub ns: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Scene {
+    pub async fn new(prefix: &str) -> Self {
+        let client = common::kube_client().await;
+        let ns = fresh_namespace(&client, prefix).await;
+        Self {
+            client,
+            ns,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Another fresh namespace.
+    pub async fn fresh_namespace(&self, prefix: &str) -> String {
+        fresh_namespace(&self.client, prefix).await
+    }
+
+    /// A kubewire under test in this scene's directory.
+    pub fn kubewire(&self) -> Builder {
+        Kubewire::builder(self.dir.path())
+    }
+
+    /// The ConfigMaps of the scene's namespace.
+    pub fn configmaps(&self) -> kube::Api<k8s_openapi::api::core::v1::ConfigMap> {
+        kube::Api::namespaced(self.client.clone(), &self.ns)
+    }
 }
 
 /// Creates a namespace with a unique name starting with `prefix`; returns the name.
