@@ -141,45 +141,14 @@ async fn restart_within_watch_window_resumes_without_list_and_publishes_each_cha
 
 #[tokio::test]
 async fn custom_resources_are_watched_by_kind_name() {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let s = Scene::new("kw-crd").await;
     let group = format!("{}.kubewire.test", common::unique_name("g"));
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "metadata": {"name": format!("gadgets.{group}")},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
-            "versions": [{"name": "v1", "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
-        }
-    }))
-    .unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(s.client.clone());
-    crds.create(&PostParams::default(), &crd).await.unwrap();
-    common::eventually(30, "CRD established", || async {
-        let c = crds.get(&format!("gadgets.{group}")).await.ok()?;
-        let established = c
-            .status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        established.then_some(())
-    })
-    .await;
-
+    let ar = harness::install_crd(&s.client, &group, "gadgets", "Gadget").await;
     let kw = s
         .kubewire()
         .watch(&format!("Gadget.v1.{group}"), &[&s.ns])
         .start();
     kw.ready(60).await;
-    let ar = kube::discovery::ApiResource {
-        group: group.clone(),
-        version: "v1".into(),
-        api_version: format!("{group}/v1"),
-        kind: "Gadget".into(),
-        plural: "gadgets".into(),
-    };
     let gadgets: Api<kube::api::DynamicObject> = Api::namespaced_with(s.client.clone(), &s.ns, &ar);
     let obj: kube::api::DynamicObject = serde_json::from_value(json!({
         "apiVersion": format!("{group}/v1"), "kind": "Gadget",
@@ -194,6 +163,56 @@ async fn custom_resources_are_watched_by_kind_name() {
     assert_eq!(events[0]["k8skind"], "Gadget");
     assert_eq!(events[0]["k8sgroup"], group.as_str());
     assert_eq!(events[0]["data"]["spec"]["size"], 3);
+}
+
+/// Issue "Real clusters", item 5: GitOps applies CRDs and workloads in any order. A resource
+/// whose CRD is installed after kubewire started waits (named in `/readyz`, `/healthz` 200)
+/// and is streamed once discovery finds it, without a restart.
+#[tokio::test]
+async fn a_crd_installed_after_start_is_streamed_without_a_restart() {
+    let s = Scene::new("kw-crd-late").await;
+    let group = format!("{}.kubewire.test", common::unique_name("late"));
+    let kw = s
+        .kubewire()
+        .watch("configmaps", &[&s.ns])
+        .watch(&format!("Widget.v1.{group}"), &[&s.ns])
+        .extra_yaml("watch:\n  discoveryIntervalSeconds: 1\n")
+        .start();
+    let admin = kw.admin().await;
+    let waiting = format!("resource default/Widget.v1.{group} (resources[1]): waiting: ");
+    common::eventually(60, "/readyz to name the waiting resource", || async {
+        let (code, body) = harness::http_get(&admin, "/readyz").await;
+        (code == 503 && body.contains(&waiting)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        harness::http_get(&admin, "/healthz").await,
+        (200, "ok\n".to_owned())
+    );
+
+    let ar = harness::install_crd(&s.client, &group, "widgets", "Widget").await;
+    kw.ready_streams(60, 2).await;
+    let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(s.client.clone(), &s.ns, &ar);
+    let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{group}/v1"), "kind": "Widget",
+        "metadata": {"name": "w1"}, "spec": {"size": 5}
+    }))
+    .unwrap();
+    widgets.create(&PostParams::default(), &obj).await.unwrap();
+    let events = kw
+        .wait_events(60, "the Widget's Added", |ev| {
+            ev.iter().any(|e| e["k8skind"] == "Widget")
+        })
+        .await;
+    let w: Vec<_> = events.iter().filter(|e| e["k8skind"] == "Widget").collect();
+    assert_eq!(change(w[0]), "added");
+    assert_eq!(w[0]["data"]["spec"]["size"], 5);
+    assert_eq!(kw.runs(), 1, "no restart");
+    assert_eq!(
+        kw.log_messages(1, "resource not watched").len(),
+        1,
+        "said once, not once per discovery"
+    );
 }
 
 #[tokio::test]

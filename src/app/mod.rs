@@ -322,7 +322,9 @@ impl Context {
             }
             match Catalog::discover(&cluster.name, &client).await {
                 Ok(fresh) => catalog = fresh,
-                Err(e) => tracing::warn!(cluster = %cluster.name, error = %e, "discovery failed; retrying later"),
+                Err(e) => {
+                    tracing::warn!(cluster = %cluster.name, error = %e, "discovery failed; retrying later")
+                }
             }
         }
     }

@@ -314,7 +314,10 @@ impl Config {
             ("backoffInitialMs", w.backoff_initial_ms == 0),
             ("backoffMaxMs", w.backoff_max_ms == 0),
             ("healthyResetSeconds", w.healthy_reset_seconds == 0),
-            ("discoveryIntervalSeconds", w.discovery_interval_seconds == 0),
+            (
+                "discoveryIntervalSeconds",
+                w.discovery_interval_seconds == 0,
+            ),
         ] {
             if zero {
                 p.add(format!("watch.{field}"), "must be greater than 0");

@@ -549,3 +549,46 @@ pub fn assert_replay_bounded<'a>(
     );
     dups
 }
+
+/// Installs a namespaced CRD `<plural>.<group>` (version `v1`, any fields) and waits until it
+/// is established; returns its API resource for a dynamic client.
+pub async fn install_crd(
+    client: &kube::Client,
+    group: &str,
+    plural: &str,
+    kind: &str,
+) -> kube::discovery::ApiResource {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, PostParams};
+    let name = format!("{plural}.{group}");
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": kind.to_lowercase(), "kind": kind},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
+        }
+    }))
+    .unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    common::eventually(30, "CRD established", || async {
+        let c = crds.get(&name).await.ok()?;
+        let established = c
+            .status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await;
+    kube::discovery::ApiResource {
+        group: group.to_owned(),
+        version: "v1".into(),
+        api_version: format!("{group}/v1"),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    }
+}
