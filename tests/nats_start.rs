@@ -76,6 +76,8 @@ async fn nats_down_at_start_is_waited_for_and_events_flow_once_it_is_up() {
     }
 
     common::testenv(&["start", "nats"]);
+    // The next attempt (backoff at most 10 s) connects and creates the stream.
+    kw.ready(60).await;
     s.configmaps()
         .create(&PostParams::default(), &configmap("after-start", &[], "1"))
         .await
@@ -89,7 +91,6 @@ async fn nats_down_at_start_is_waited_for_and_events_flow_once_it_is_up() {
             .then_some(())
     })
     .await;
-    kw.ready(60).await;
     assert_eq!(kw.log_messages(1, "sink reachable").len(), 1);
     assert!(kw.stop().await.success());
 }

@@ -39,8 +39,8 @@ pub enum SinkError {
     /// A credential the configuration names cannot be read (unset variable, unreadable file).
     #[error("sink credentials: {0}")]
     Secret(String),
-    /// The destination cannot be reached.
-    #[error("sink unreachable: {0}")]
+    /// The destination cannot be reached (the message says `cannot connect to …`).
+    #[error("{0}")]
     Connect(String),
     /// The destination exists in a form events cannot be stored in, or cannot be set up
     /// (a JetStream stream missing, or not covering the subjects).
