@@ -2,22 +2,20 @@
 //! watch loop and a publisher joined by a bounded channel; and the shutdown: stop watching,
 //! drain in-flight events within a grace period, commit the checkpoints.
 
+mod streams;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::checkpoint::{self, CheckpointError, StateStore, Store};
-use crate::cluster::{self, Catalog, ClusterError, leader};
-use crate::config::{ClusterConfig, Config, ResourceConfig};
-use crate::event::StreamId;
-use crate::publish::Publisher;
+use crate::cluster::{self, ClusterError, leader};
+use crate::config::Config;
 use crate::sink::{self, Sink, SinkError};
 use crate::telemetry::{self, HealthKey, Telemetry, TelemetryError};
-use crate::transform::{TransformError, Transformer};
-use crate::watch::{StreamSpec, WatchLoop};
+use crate::transform::TransformError;
 
 /// How long a shutdown may spend draining in-flight events before it gives up (the
 /// checkpoint stays consistent either way: what was not acknowledged is replayed).
@@ -99,7 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         ctx.run_elected(shutdown).await?;
     } else {
         // Never aborted: a stop always drains.
-        ctx.run_term(shutdown, CancellationToken::new()).await;
+        ctx.run_term(shutdown, CancellationToken::new()).await?;
     }
     admin_stop.cancel();
     Ok(())
@@ -141,8 +139,12 @@ struct Term {
 impl Context {
     /// The sink, built now if the start could not reach it: retried with backoff while its
     /// destination is unreachable (`/readyz` says `sink <type>: waiting: …`); `None` when
-    /// `stop` comes first or the sink fails otherwise (logged).
-    async fn wait_for_sink(&self, stop: &CancellationToken) -> Option<Arc<dyn Sink>> {
+    /// `stop` comes first; `Err` when it is reached but refuses the configuration (a missing
+    /// JetStream stream, say): kubewire then exits 1, as it would have at start.
+    async fn wait_for_sink(
+        &self,
+        stop: &CancellationToken,
+    ) -> Result<Option<Arc<dyn Sink>>, SinkError> {
         let key = HealthKey::Sink(self.config.sink.type_name());
         let attempts = async {
             let mut delay = Duration::from_millis(500);
@@ -172,14 +174,8 @@ impl Context {
                 .cloned()
         };
         tokio::select! {
-            _ = stop.cancelled() => None,
-            r = attempts => match r {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(error = %e, "sink cannot be built; nothing is published");
-                    None
-                }
-            },
+            _ = stop.cancelled() => Ok(None),
+            r = attempts => r.map(Some),
         }
     }
 
@@ -187,9 +183,13 @@ impl Context {
     /// everything already read is published (graceful shutdown: drain), unless `abort` was
     /// cancelled first, in which case only what the sink already holds is awaited
     /// (leadership lost: stop publishing at once).
-    async fn run_term(self: &Arc<Self>, stop: CancellationToken, abort: CancellationToken) {
-        let Some(sink) = self.wait_for_sink(&stop).await else {
-            return;
+    async fn run_term(
+        self: &Arc<Self>,
+        stop: CancellationToken,
+        abort: CancellationToken,
+    ) -> Result<(), SinkError> {
+        let Some(sink) = self.wait_for_sink(&stop).await? else {
+            return Ok(());
         };
         let term = Term {
             sink,
@@ -223,6 +223,7 @@ impl Context {
             tracing::info!("drained; checkpoints committed");
         }
         self.telemetry.health.clear_streams();
+        Ok(())
     }
 
     /// Leader election: watch only while holding the lease.
@@ -246,7 +247,7 @@ impl Context {
             tracing::info!(identity = %elector.identity, lease = %elector.lease, "acquired leadership: starting streams");
             self.telemetry.health.set_standby(false);
             let (stop, abort) = (CancellationToken::new(), CancellationToken::new());
-            let term = {
+            let mut term = {
                 let ctx = self.clone();
                 let (stop, abort) = (stop.clone(), abort.clone());
                 tokio::spawn(async move { ctx.run_term(stop, abort).await })
@@ -254,6 +255,11 @@ impl Context {
             let lost = tokio::select! {
                 _ = shutdown.cancelled() => false,
                 _ = elector.until(false) => true,
+                // A term ends on its own only when its sink refuses the configuration.
+                ended = &mut term => {
+                    elector.release().await;
+                    return ended.expect("the term task does not panic").map_err(Into::into);
+                }
             };
             if lost {
                 // Another replica may lead already: publish nothing more, at once.
@@ -262,182 +268,17 @@ impl Context {
             }
             // A shutdown drains, commits, and only then releases the Lease (below).
             stop.cancel();
-            let _ = term.await;
+            let ended = term.await.expect("the term task does not panic");
             self.telemetry.health.set_standby(true);
+            if let Err(e) = ended {
+                elector.release().await;
+                return Err(e.into());
+            }
             if !lost {
                 break;
             }
         }
         elector.release().await;
-        Ok(())
-    }
-
-    /// Connects and discovers (retrying with backoff while the cluster is unreachable),
-    /// then starts every stream of this cluster.
-    async fn start_cluster(self: Arc<Self>, cluster: ClusterConfig, term: Term) {
-        let mut backoff = self.config.watch.backoff();
-        let cluster_key = HealthKey::Cluster(cluster.name.clone());
-        let (client, catalog) = loop {
-            let attempt = async {
-                let client = cluster::connect(&cluster).await?;
-                let catalog = Catalog::discover(&cluster.name, &client).await?;
-                Ok::<_, ClusterError>((client, catalog))
-            };
-            let res = tokio::select! {
-                _ = term.watching.cancelled() => return,
-                r = attempt => r,
-            };
-            match res {
-                Ok(ok) => {
-                    self.telemetry.health.remove(&cluster_key);
-                    break ok;
-                }
-                Err(e) => {
-                    tracing::error!(cluster = %cluster.name, error = %e, "cluster unavailable; retrying");
-                    self.telemetry
-                        .health
-                        .update(&cluster_key, |s| s.error = Some(e.to_string()));
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                    tokio::select! {
-                        _ = term.watching.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        };
-        // Resources that do not resolve (yet: a CRD installed after kubewire) are retried
-        // against a fresh discovery every `watch.discoveryIntervalSeconds`, and streamed as
-        // soon as they resolve — without a restart, and never failing /healthz meanwhile.
-        let mut pending: Vec<usize> = (0..self.config.resources.len()).collect();
-        let mut catalog = catalog;
-        let interval = Duration::from_secs(self.config.watch.discovery_interval_seconds);
-        loop {
-            pending.retain(|&i| !self.start_resource(&cluster, &client, &catalog, i, &term));
-            if pending.is_empty() {
-                return;
-            }
-            tokio::select! {
-                _ = term.watching.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-            match Catalog::discover(&cluster.name, &client).await {
-                Ok(fresh) => catalog = fresh,
-                Err(e) => {
-                    tracing::warn!(cluster = %cluster.name, error = %e, "discovery failed; retrying later")
-                }
-            }
-        }
-    }
-
-    /// Starts the streams of `resources[index]` if it resolves in `catalog`; otherwise
-    /// reports it waiting (logged when it first fails). Returns whether it resolved.
-    fn start_resource(
-        self: &Arc<Self>,
-        cluster: &ClusterConfig,
-        client: &kube::Client,
-        catalog: &Catalog,
-        index: usize,
-        term: &Term,
-    ) -> bool {
-        let rc = &self.config.resources[index];
-        let key = HealthKey::Resource {
-            cluster: cluster.name.clone(),
-            path: format!("resources[{index}]"),
-            resource: rc.resource.clone(),
-        };
-        let info = match catalog.resolve_configured(&rc.resource) {
-            Ok(info) => info,
-            Err(e) => {
-                // One bad resource does not stop the others; it shows in /readyz.
-                let mut first = false;
-                self.telemetry.health.update(&key, |s| {
-                    first = s.error.is_none();
-                    s.error = Some(e.clone());
-                });
-                if first {
-                    tracing::error!(cluster = %cluster.name, resource = %rc.resource, path = %format!("resources[{index}].resource"), error = %e, "resource not watched");
-                }
-                return false;
-            }
-        };
-        self.telemetry.health.remove(&key);
-        if !rc.namespaces.is_empty() && !info.namespaced {
-            tracing::warn!(resource = %rc.resource, "cluster-scoped resource: namespaces ignored");
-        }
-        for ns in rc.scopes(info.namespaced) {
-            let id = StreamId {
-                cluster: cluster.name.clone(),
-                resource: info.clone(),
-                namespace: ns,
-                label_selector: rc.label_selector.clone(),
-                field_selector: rc.field_selector.clone(),
-            };
-            let ctx = self.clone();
-            let (client, term) = (client.clone(), term.clone());
-            let cluster_name = cluster.name.clone();
-            let resource = rc.resource.clone();
-            tokio::spawn(async move {
-                let rc = &ctx.config.resources[index];
-                if let Err(e) = ctx.start_stream(client, id, rc, &term).await {
-                    tracing::error!(cluster = %cluster_name, %resource, error = %e, "stream not started");
-                }
-            });
-        }
-        true
-    }
-
-    async fn start_stream(
-        &self,
-        client: kube::Client,
-        id: StreamId,
-        rc: &ResourceConfig,
-        term: &Term,
-    ) -> Result<(), AppError> {
-        let id = Arc::new(id);
-        let key = id.key();
-        let store = self.store.clone();
-        let checkpoint = tokio::task::spawn_blocking(move || store.load(&key))
-            .await
-            .expect("checkpoint load task")?;
-        let spec = StreamSpec {
-            id: id.clone(),
-            events: rc.events.clone(),
-            initial: rc.initial,
-        };
-        let transformer = Arc::new(Transformer::new(&rc.transform, self.redaction_key.clone())?);
-        // The resource's own destination, resolved by the sink once for the stream.
-        let route = term
-            .sink
-            .route(rc.kafka.as_ref().and_then(|k| k.topic.as_deref()))?;
-        let (tx, rx) = mpsc::channel(self.config.watch.channel_capacity);
-        let metrics = self.telemetry.metrics.stream(&id);
-        let watch = WatchLoop::new(
-            client,
-            spec.clone(),
-            self.config.watch.clone(),
-            checkpoint,
-            tx,
-            self.telemetry.clone(),
-            metrics.clone(),
-        );
-        let publisher = Publisher {
-            spec,
-            sink: term.sink.clone(),
-            transformer,
-            store: self.store.clone(),
-            commit_interval: Duration::from_millis(self.config.checkpoint.commit_interval_ms),
-            max_in_flight: MAX_IN_FLIGHT,
-            route,
-            metrics,
-            telemetry: self.telemetry.clone(),
-        };
-        let abort = term.abort.clone();
-        term.publishers.spawn(async move {
-            // A halted stream has logged why and shows in /readyz and /healthz.
-            let _ = publisher.run(rx, abort).await;
-        });
-        tokio::spawn(watch.run(term.watching.clone()));
-        tracing::info!(stream = %id, "stream started");
         Ok(())
     }
 }
