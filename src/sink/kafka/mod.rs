@@ -7,7 +7,7 @@
 //!   when it is full, `send` waits for deliveries to free room. Nothing is dropped.
 //! - **Nothing expires, order kept.** `message.timeout.ms=0`: during a broker outage messages
 //!   wait in the queue. A delivery librdkafka still gives up on (a deleted topic, a
-//!   non-retriable broker error) is produced again, in order, by [`delivery`]: new events
+//!   non-retriable broker error) is produced again, in order, by `delivery`: new events
 //!   wait until every failed one is delivered.
 //! - **Oversize.** An event larger than its topic accepts is replaced by a small
 //!   `io.kubewire.object.oversize` event (or, with `onOversize: fail`, stops its stream).
