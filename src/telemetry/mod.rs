@@ -114,7 +114,7 @@ struct ApiVerbLabels {
     verb: String,
 }
 
-/// Every metric kubewire exports (documented in docs/metrics.md).
+/// Every metric kubewire exports (documented in `docs/operations.md`, "Metrics").
 pub struct Metrics {
     registry: Registry,
     published: Family<PublishedLabels, Counter>,

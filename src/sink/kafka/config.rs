@@ -1,5 +1,7 @@
-//! Settings of the Kafka sink (`sink.type: kafka`). Documented in `docs/configuration.md`
-//! (section `sink` / `kafka`); semantics in `docs/sinks.md`.
+//! Settings of the Kafka sink (`sink.type: kafka`) and their validation
+//! ([`KafkaSinkConfig::check`], called by the configuration's; the topic-name rule shared
+//! with the sink's sanitizing). Documented in `docs/configuration.md` (section `sink` /
+//! `kafka`); semantics in `docs/sinks.md`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,5 +1,7 @@
-//! Settings of the NATS sink (`sink.type: nats`). Checked by `validate_nats` in
-//! `validate.rs`; the subject template's syntax is owned by `crate::sink::nats::subject`.
+//! Settings of the NATS sink (`sink.type: nats`) and their validation
+//! ([`NatsSinkConfig::check`], called by the configuration's); the subject template's rules
+//! are `crate::sink::nats::subject`'s. Documented in `docs/configuration.md` (section `sink` /
+//! `nats`); semantics in `docs/sinks.md`.
 
 use std::path::PathBuf;
 
