@@ -12,7 +12,7 @@ use harness::{
     REPLAY_WINDOW, Scene, Sightings, assert_replay_bounded, change, check_duplicates,
     cluster_configmaps, configmap, object_events, replay,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -263,42 +263,14 @@ async fn label_selector_transitions_yield_deleted_and_added() {
 
 #[tokio::test]
 async fn forbidden_resource_is_named_and_the_others_keep_flowing() {
-    use k8s_openapi::api::authentication::v1::TokenRequest;
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let s = Scene::new("kw-rbac").await;
     let (client, ns) = (&s.client, &s.ns);
     let pp = PostParams::default();
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    sas.create(
-        &pp,
-        &serde_json::from_value(json!({"metadata": {"name": "kubewire"}})).unwrap(),
+    let kubeconfig = harness::limited_kubeconfig(
+        &s,
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]),
     )
-    .await
-    .unwrap();
-    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
-    roles.create(&pp, &serde_json::from_value(json!({
-        "metadata": {"name": "kubewire"},
-        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]
-    })).unwrap()).await.unwrap();
-    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
-    bindings.create(&pp, &serde_json::from_value(json!({
-        "metadata": {"name": "kubewire"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubewire"},
-        "subjects": [{"kind": "ServiceAccount", "name": "kubewire", "namespace": ns}]
-    })).unwrap()).await.unwrap();
-    let tr: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .unwrap();
-    let token = sas
-        .create_token_request("kubewire", &pp, &tr)
-        .await
-        .unwrap();
-    let token = token.status.unwrap().token;
-    let kubeconfig = s.dir.path().join("sa.kubeconfig");
-    std::fs::write(&kubeconfig, format!(
-        "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: '{}', certificate-authority: '{}'}}}}]\n\
-         users: [{{name: sa, user: {{token: '{token}'}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: sa}}}}]\ncurrent-context: t\n",
-        common::var("TESTENV_APISERVER_URL"), common::var("TESTENV_CA_FILE"))).unwrap();
+    .await;
 
     let kw = s
         .kubewire()
@@ -520,4 +492,98 @@ async fn secret_values_never_appear_in_the_output_by_default() {
 fn base64(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Issue "Real clusters", item 5: `resource: "*"` streams every resource the identity may list
+/// and watch, minus the default excludes (Leases, Events), and picks up a CRD installed later.
+#[tokio::test]
+async fn all_resources_stream_every_kind_but_the_excludes_and_later_crds() {
+    let s = Scene::new("kw-all").await;
+    let group = format!("{}.kubewire.test", common::unique_name("all"));
+    let kw = s
+        .kubewire()
+        .watch("\"*\"", &[&s.ns])
+        .extra_yaml("watch:\n  discoveryIntervalSeconds: 1\n")
+        .start();
+    kw.ready(120).await;
+    s.configmaps()
+        .create(&PostParams::default(), &configmap("cm-all", &[], "1"))
+        .await
+        .unwrap();
+    let ar = harness::install_crd(&s.client, &group, "gizmos", "Gizmo").await;
+    let gizmos: Api<kube::api::DynamicObject> = Api::namespaced_with(s.client.clone(), &s.ns, &ar);
+    let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{group}/v1"), "kind": "Gizmo", "metadata": {"name": "z1"}
+    }))
+    .unwrap();
+    common::eventually(60, "the new CRD to be served", || async {
+        gizmos.create(&PostParams::default(), &obj).await.ok()
+    })
+    .await;
+    kw.wait_events(60, "the ConfigMap and the Gizmo of the later CRD", |ev| {
+        let named = |kind: &str, name: &str| {
+            ev.iter().any(|e| {
+                e["k8skind"] == kind && e["k8sname"] == name && e["k8snamespace"] == s.ns.as_str()
+            })
+        };
+        named("ConfigMap", "cm-all") && named("Gizmo", "z1")
+    })
+    .await;
+    let started: Vec<String> = kw
+        .log_messages(1, "stream started")
+        .iter()
+        .map(|r| r["stream"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for expected in [
+        format!("default/configmaps in {}", s.ns),
+        format!("default/gizmos.{group} in {}", s.ns),
+        "default/namespaces".to_owned(),
+    ] {
+        assert!(started.contains(&expected), "{expected} in {started:#?}");
+    }
+    for excluded in ["leases.coordination.k8s.io", "/events"] {
+        assert!(
+            !started.iter().any(|st| st.contains(excluded)),
+            "{excluded} is excluded by default: {started:#?}"
+        );
+    }
+    assert_eq!(kw.runs(), 1);
+}
+
+/// `resource: "*"` under an identity that may watch only ConfigMaps in one namespace: that
+/// one stream, every other resource skipped (not a failing stream), and ready.
+#[tokio::test]
+async fn all_resources_under_a_limited_identity_are_only_what_it_may_watch() {
+    let s = Scene::new("kw-all-rbac").await;
+    let kubeconfig = harness::limited_kubeconfig(
+        &s,
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]),
+    )
+    .await;
+    let kw = s
+        .kubewire()
+        .watch("\"*\"", &[&s.ns])
+        .extra_yaml(&format!(
+            "clusters:\n  - name: limited\n    kubeconfig: {}\n",
+            kubeconfig.display()
+        ))
+        .start();
+    kw.ready_streams(60, 1).await;
+    let started = kw.log_messages(1, "stream started");
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert_eq!(
+        started[0]["stream"],
+        format!("limited/configmaps in {}", s.ns).as_str()
+    );
+    assert!(
+        kw.log_messages(1, "not permitted to list and watch: skipped")
+            .iter()
+            .any(|r| r["resource"] == "secrets"),
+        "{:#?}",
+        kw.logs(1)
+    );
+    assert!(
+        kw.log_messages(1, "stream failing; retrying with backoff")
+            .is_empty()
+    );
 }

@@ -2,6 +2,7 @@
 //! unreachable, discovery read again while a resource does not resolve), then per stream a
 //! watch loop and a publisher joined by a bounded channel.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 use super::{AppError, Context, MAX_IN_FLIGHT, Term};
 use crate::cluster::{self, Catalog, ClusterError};
 use crate::config::{ClusterConfig, ResourceConfig};
-use crate::event::StreamId;
+use crate::event::{ResourceInfo, StreamId};
 use crate::publish::Publisher;
 use crate::telemetry::HealthKey;
 use crate::transform::Transformer;
@@ -53,11 +54,23 @@ impl Context {
         // Resources that do not resolve (yet: a CRD installed after kubewire) are retried
         // against a fresh discovery every `watch.discoveryIntervalSeconds`, and streamed as
         // soon as they resolve — without a restart, and never failing /healthz meanwhile.
+        // `resource: "*"` stays pending for good: a CRD installed later joins it.
         let mut pending: Vec<usize> = (0..self.config.resources.len()).collect();
+        let mut started_all: HashMap<usize, HashSet<(String, String)>> = HashMap::new();
         let mut catalog = catalog;
         let interval = Duration::from_secs(self.config.watch.discovery_interval_seconds);
         loop {
-            pending.retain(|&i| !self.start_resource(&cluster, &client, &catalog, i, &term));
+            for &i in &pending {
+                if self.config.resources[i].is_all() {
+                    let started = started_all.entry(i).or_default();
+                    self.start_all(&cluster, &client, &catalog, i, &term, started)
+                        .await;
+                }
+            }
+            pending.retain(|&i| {
+                self.config.resources[i].is_all()
+                    || !self.start_resource(&cluster, &client, &catalog, i, &term)
+            });
             if pending.is_empty() {
                 return;
             }
@@ -71,6 +84,45 @@ impl Context {
                     tracing::warn!(cluster = %cluster.name, error = %e, "discovery failed; retrying later")
                 }
             }
+        }
+    }
+
+    /// `resources[index]` is `"*"`: starts the streams of every resource the catalog serves
+    /// (minus the excludes) that this identity may list and watch and that `started` does
+    /// not hold yet. A resource it may not watch is skipped, said once at info.
+    async fn start_all(
+        self: &Arc<Self>,
+        cluster: &ClusterConfig,
+        client: &kube::Client,
+        catalog: &Catalog,
+        index: usize,
+        term: &Term,
+        started: &mut HashSet<(String, String)>,
+    ) {
+        let rc = &self.config.resources[index];
+        for info in catalog.all_watchable(&rc.excludes()) {
+            let key = (info.group.clone(), info.resource.clone());
+            if started.contains(&key) {
+                continue;
+            }
+            let scopes = rc.scopes(info.namespaced);
+            let mut allowed = true;
+            for ns in &scopes {
+                match cluster::may_list_and_watch(client, &info, ns.as_deref()).await {
+                    Ok(true) => {}
+                    Ok(false) => allowed = false,
+                    // Unknown: try; a forbidden stream then says so in /readyz.
+                    Err(e) => {
+                        tracing::warn!(cluster = %cluster.name, resource = %info.qualified_name(), error = %e, "access review failed; watching anyway")
+                    }
+                }
+            }
+            started.insert(key);
+            if !allowed {
+                tracing::info!(cluster = %cluster.name, resource = %info.qualified_name(), path = %format!("resources[{index}]"), "not permitted to list and watch: skipped");
+                continue;
+            }
+            self.spawn_streams(cluster, client, &info, index, term);
         }
     }
 
@@ -109,6 +161,20 @@ impl Context {
         if !rc.namespaces.is_empty() && !info.namespaced {
             tracing::warn!(resource = %rc.resource, "cluster-scoped resource: namespaces ignored");
         }
+        self.spawn_streams(cluster, client, &info, index, term);
+        true
+    }
+
+    /// Spawns the start of one stream per namespace scope of `info` under `resources[index]`.
+    fn spawn_streams(
+        self: &Arc<Self>,
+        cluster: &ClusterConfig,
+        client: &kube::Client,
+        info: &ResourceInfo,
+        index: usize,
+        term: &Term,
+    ) {
+        let rc = &self.config.resources[index];
         for ns in rc.scopes(info.namespaced) {
             let id = StreamId {
                 cluster: cluster.name.clone(),
@@ -128,7 +194,6 @@ impl Context {
                 }
             });
         }
-        true
     }
 
     async fn start_stream(

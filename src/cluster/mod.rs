@@ -91,6 +91,40 @@ fn did_you_mean(s: &Option<String>) -> String {
     }
 }
 
+/// Whether this identity may both list and watch `info` in `namespace` (`None`: every
+/// namespace, or a cluster-scoped resource), asked of the API server
+/// (SelfSubjectAccessReview, one per verb).
+pub async fn may_list_and_watch(
+    client: &kube::Client,
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+) -> Result<bool, kube::Error> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(client.clone());
+    for verb in [verbs::LIST, verbs::WATCH] {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(info.group.clone()),
+                    resource: Some(info.resource.clone()),
+                    namespace: namespace.map(str::to_owned),
+                    verb: Some(verb.to_owned()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = api.create(&Default::default(), &review).await?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Builds the client for one configured cluster: its kubeconfig (and context) when given,
 /// else the usual inference (KUBECONFIG / ~/.kube/config, then in-cluster).
 pub async fn connect(cfg: &ClusterConfig) -> Result<kube::Client, ClusterError> {
@@ -219,6 +253,26 @@ impl Catalog {
     /// Every entry, sorted by group, resource, version.
     pub fn entries(&self) -> &[CatalogEntry] {
         &self.entries
+    }
+
+    /// Every resource `resource: "*"` stands for: listable and watchable, at its group's
+    /// preferred version, one per (group, resource), minus what `exclude` names (a plural, a
+    /// qualified `plural.group`, or a group).
+    pub fn all_watchable(&self, exclude: &[String]) -> Vec<ResourceInfo> {
+        let excluded = |i: &ResourceInfo| {
+            exclude.iter().any(|x| {
+                *x == i.resource
+                    || *x == i.qualified_name()
+                    || (!i.group.is_empty() && *x == i.group)
+            })
+        };
+        let mut seen = std::collections::HashSet::new();
+        self.entries
+            .iter()
+            .filter(|e| e.preferred && e.watchable() && !excluded(&e.info))
+            .filter(|e| seen.insert((e.info.group.clone(), e.info.resource.clone())))
+            .map(|e| e.info.clone())
+            .collect()
     }
 
     /// Resolves a `resources[].resource` string as configured: parsed, then
@@ -374,6 +428,39 @@ mod tests {
             group: group.map(Into::into),
             version: version.map(Into::into),
         }
+    }
+
+    #[test]
+    fn all_watchable_is_every_preferred_listable_resource_minus_the_excludes() {
+        let names = |ex: &[&str]| {
+            let ex: Vec<String> = ex.iter().map(|s| (*s).to_owned()).collect();
+            catalog()
+                .all_watchable(&ex)
+                .iter()
+                .map(|i| i.qualified_name())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&[]),
+            [
+                "configmaps",
+                "events",
+                "deployments.apps",
+                "events.events.k8s.io",
+                "widgets.example.com"
+            ]
+        );
+        // A plural (both groups), a qualified name, a group.
+        assert_eq!(
+            names(&["events", "deployments.apps"]),
+            ["configmaps", "widgets.example.com"]
+        );
+        assert_eq!(names(&["example.com"]).len(), 4);
+        let defaults: Vec<&str> = crate::config::DEFAULT_EXCLUDES.to_vec();
+        assert_eq!(
+            names(&defaults),
+            ["configmaps", "deployments.apps", "widgets.example.com"]
+        );
     }
 
     #[test]

@@ -338,8 +338,15 @@ impl Default for ClusterConfig {
 pub struct ResourceConfig {
     /// Which resource: `configmaps`, `deployments.apps`, `apps/v1/deployments`,
     /// `Deployment.v1.apps`, `Deployment`, or a custom resource such as
-    /// `widgets.example.com`. Resolved through discovery, never by guessing plurals.
+    /// `widgets.example.com`. Resolved through discovery, never by guessing plurals. `"*"`:
+    /// every resource the cluster serves that this identity may list and watch (at its
+    /// preferred version), minus `exclude`, including CRDs installed later.
     pub resource: String,
+    /// With `resource: "*"` only: what not to watch, each entry a plural (`leases`), a
+    /// qualified name (`leases.coordination.k8s.io`) or a group (`coordination.k8s.io`).
+    /// Omitted: [`DEFAULT_EXCLUDES`]; `[]` watches everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<Vec<String>>,
     /// Namespaces to watch, one stream each. Empty or omitted: all namespaces (and the only
     /// choice for cluster-scoped resources).
     #[serde(default)]
@@ -368,7 +375,32 @@ pub struct ResourceConfig {
     pub kafka: Option<ResourceKafkaConfig>,
 }
 
+/// `resources[].resource` for every resource the identity may list and watch.
+pub const ALL_RESOURCES: &str = "*";
+
+/// What `resource: "*"` leaves out unless `exclude` says otherwise: Leases (renewed every few
+/// seconds by every node and controller: most of the volume, none of the audit value) and
+/// Events (a high-volume stream of their own, in both groups).
+pub const DEFAULT_EXCLUDES: &[&str] = &[
+    "leases.coordination.k8s.io",
+    "events",
+    "events.events.k8s.io",
+];
+
 impl ResourceConfig {
+    /// Whether this entry is `resource: "*"`.
+    pub fn is_all(&self) -> bool {
+        self.resource == ALL_RESOURCES
+    }
+
+    /// What `resource: "*"` leaves out: `exclude`, or [`DEFAULT_EXCLUDES`] when omitted.
+    pub fn excludes(&self) -> Vec<String> {
+        match &self.exclude {
+            Some(e) => e.clone(),
+            None => DEFAULT_EXCLUDES.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
     /// The namespace scope of each of this resource's streams: one per configured
     /// namespace, or one for all namespaces (`None`) when none is configured or the
     /// resource is cluster-scoped.
@@ -386,6 +418,7 @@ impl ResourceConfig {
     pub fn new(resource: impl Into<String>) -> Self {
         Self {
             resource: resource.into(),
+            exclude: None,
             namespaces: Vec::new(),
             label_selector: None,
             field_selector: None,

@@ -143,7 +143,24 @@ impl Config {
         let mut streams: HashMap<(String, String, String, String), usize> = HashMap::new();
         for (i, r) in self.resources.iter().enumerate() {
             let at = format!("resources[{i}]");
+            if r.exclude.is_some() && !r.is_all() {
+                p.add(
+                    format!("{at}.exclude"),
+                    format!("is only used with resource: \"*\" (it is {:?})", r.resource),
+                );
+            }
+            if let Some(ex) = &r.exclude {
+                for (j, e) in ex.iter().enumerate() {
+                    if e.trim().is_empty() || e.contains(['/', ' ', '*']) {
+                        p.add(
+                            format!("{at}.exclude[{j}]"),
+                            format!("{e:?} must be a plural, plural.group or a group"),
+                        );
+                    }
+                }
+            }
             let parsed = match ResourceRef::parse(&r.resource) {
+                _ if r.is_all() => None,
                 Ok(parsed) => Some(parsed),
                 Err(e) => {
                     let message = match e {

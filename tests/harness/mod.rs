@@ -592,3 +592,55 @@ pub async fn install_crd(
         plural: plural.to_owned(),
     }
 }
+
+/// A kubeconfig (in the scene's directory) for a ServiceAccount of the scene's namespace
+/// bound to a Role with `rules` there: an identity that may do only that.
+pub async fn limited_kubeconfig(s: &Scene, rules: serde_json::Value) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use kube::api::{Api, PostParams};
+    let (client, ns) = (&s.client, &s.ns);
+    let pp = PostParams::default();
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    sas.create(
+        &pp,
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": "kubewire"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    roles
+        .create(
+            &pp,
+            &serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "kubewire"}, "rules": rules}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    bindings.create(&pp, &serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kubewire"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubewire"},
+        "subjects": [{"kind": "ServiceAccount", "name": "kubewire", "namespace": ns}]
+    })).unwrap()).await.unwrap();
+    let tr: TokenRequest = serde_json::from_value(
+        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}),
+    )
+    .unwrap();
+    let token = sas
+        .create_token_request("kubewire", &pp, &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let kubeconfig = s.dir.path().join("sa.kubeconfig");
+    std::fs::write(&kubeconfig, format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: '{}', certificate-authority: '{}'}}}}]\n\
+         users: [{{name: sa, user: {{token: '{token}'}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: sa}}}}]\ncurrent-context: t\n",
+        common::var("TESTENV_APISERVER_URL"), common::var("TESTENV_CA_FILE"))).unwrap();
+    kubeconfig
+}
