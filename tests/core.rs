@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use harness::{
-    REPLAY_WINDOW, Scene, Sightings, assert_replay_bounded, change, check_duplicates,
+    REPLAY_WINDOW, Scene, Server, Sightings, assert_replay_bounded, change, check_duplicates,
     cluster_configmaps, configmap, object_events, replay,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -17,13 +17,45 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+/// Core behaviours that must hold on both API servers of the test environment: the
+/// deterministic one and the one configured as production clusters are (watch cache,
+/// bookmarks, priority and fairness). Each becomes two tests, `<name>` and
+/// `on_realistic_server::<name>`.
+macro_rules! on_both_servers {
+    ($($name:ident => $body:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $body(Server::Deterministic).await
+            }
+        )*
+        mod on_realistic_server {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $body(Server::Realistic).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_servers!(
+    configmap_changes_in_two_namespaces_yield_exact_ordered_events => configmap_changes_in_two_namespaces_yield_exact_ordered_events_on,
+    restart_within_watch_window_resumes_without_list_and_publishes_each_change_once => restart_within_watch_window_resumes_without_list_and_publishes_each_change_once_on,
+    custom_resources_are_watched_by_kind_name => custom_resources_are_watched_by_kind_name_on,
+    a_crd_installed_after_start_is_streamed_without_a_restart => a_crd_installed_after_start_is_streamed_without_a_restart_on,
+    label_selector_transitions_yield_deleted_and_added => label_selector_transitions_yield_deleted_and_added_on,
+    kill9_during_a_burst_then_restart_replays_to_the_cluster_state => kill9_during_a_burst_then_restart_replays_to_the_cluster_state_on,
+);
+
 fn merge(v: serde_json::Value) -> Patch<serde_json::Value> {
     Patch::Merge(v)
 }
 
-#[tokio::test]
-async fn configmap_changes_in_two_namespaces_yield_exact_ordered_events() {
-    let s = Scene::new("kw-order").await;
+async fn configmap_changes_in_two_namespaces_yield_exact_ordered_events_on(server: Server) {
+    let s = Scene::on("kw-order", server).await;
     let ns = [s.ns.clone(), s.fresh_namespace("kw-order").await];
     let kw = s.kubewire().watch("configmaps", &[&ns[0], &ns[1]]).start();
     kw.ready_streams(60, 2).await;
@@ -84,9 +116,8 @@ async fn configmap_changes_in_two_namespaces_yield_exact_ordered_events() {
     assert_eq!(one[1]["data"]["data"]["value"], "2");
 }
 
-#[tokio::test]
-async fn restart_within_watch_window_resumes_without_list_and_publishes_each_change_once() {
-    let s = Scene::new("kw-resume").await;
+async fn restart_within_watch_window_resumes_without_list_and_publishes_each_change_once_on(server: Server) {
+    let s = Scene::on("kw-resume", server).await;
     let api = s.configmaps();
     let pp = PostParams::default();
     api.create(&pp, &configmap("keep", &[], "1")).await.unwrap();
@@ -139,9 +170,8 @@ async fn restart_within_watch_window_resumes_without_list_and_publishes_each_cha
     );
 }
 
-#[tokio::test]
-async fn custom_resources_are_watched_by_kind_name() {
-    let s = Scene::new("kw-crd").await;
+async fn custom_resources_are_watched_by_kind_name_on(server: Server) {
+    let s = Scene::on("kw-crd", server).await;
     let group = format!("{}.kubewire.test", common::unique_name("g"));
     let ar = harness::install_crd(&s.client, &group, "gadgets", "Gadget").await;
     let kw = s
@@ -168,9 +198,8 @@ async fn custom_resources_are_watched_by_kind_name() {
 /// Issue "Real clusters", item 5: GitOps applies CRDs and workloads in any order. A resource
 /// whose CRD is installed after kubewire started waits (named in `/readyz`, `/healthz` 200)
 /// and is streamed once discovery finds it, without a restart.
-#[tokio::test]
-async fn a_crd_installed_after_start_is_streamed_without_a_restart() {
-    let s = Scene::new("kw-crd-late").await;
+async fn a_crd_installed_after_start_is_streamed_without_a_restart_on(server: Server) {
+    let s = Scene::on("kw-crd-late", server).await;
     let group = format!("{}.kubewire.test", common::unique_name("late"));
     let kw = s
         .kubewire()
@@ -215,9 +244,8 @@ async fn a_crd_installed_after_start_is_streamed_without_a_restart() {
     );
 }
 
-#[tokio::test]
-async fn label_selector_transitions_yield_deleted_and_added() {
-    let s = Scene::new("kw-label").await;
+async fn label_selector_transitions_yield_deleted_and_added_on(server: Server) {
+    let s = Scene::on("kw-label", server).await;
     let kw = s
         .kubewire()
         .watch("configmaps", &[&s.ns])
@@ -349,9 +377,8 @@ async fn check_config_reports_every_problem_with_its_path() {
     );
 }
 
-#[tokio::test]
-async fn kill9_during_a_burst_then_restart_replays_to_the_cluster_state() {
-    let s = Scene::new("kw-kill").await;
+async fn kill9_during_a_burst_then_restart_replays_to_the_cluster_state_on(server: Server) {
+    let s = Scene::on("kw-kill", server).await;
     let mut kw = s.kubewire().watch("configmaps", &[&s.ns]).start();
     kw.ready(60).await;
     let api = s.configmaps();

@@ -640,7 +640,10 @@ impl WatchLoop {
                 WatchEvent::Modified(o) => (ChangeType::Modified, o),
                 WatchEvent::Deleted(o) => (ChangeType::Deleted, o),
                 WatchEvent::Bookmark(b) => {
+                    // The stream is complete up to here: the checkpoint may take it once every
+                    // earlier event is acknowledged (an Advance item, behind the watermark).
                     let rv = b.metadata.resource_version;
+                    tracing::debug!(stream = %self.spec.id, resource_version = %rv, "bookmark");
                     self.health(|_| {});
                     self.resource_version = Some(rv.clone());
                     self.send(Item::Advance(rv)).await?;

@@ -102,12 +102,18 @@ fn check_reachable(vars: &HashMap<String, String>) {
     let apiserver = vars["TESTENV_APISERVER_URL"]
         .trim_start_matches("https://")
         .to_string();
+    let realistic = vars
+        .get("TESTENV_APISERVER_REAL_URL")
+        .unwrap_or_else(|| panic!("testenv: no realistic API server in the env — run dev/testenv up"))
+        .trim_start_matches("https://")
+        .to_string();
     let nats = vars["NATS_URL"].trim_start_matches("nats://").to_string();
     let etcd = vars["ETCDCTL_ENDPOINTS"]
         .trim_start_matches("http://")
         .to_string();
     for (service, addr) in [
         ("kube-apiserver", apiserver),
+        ("kube-apiserver (realistic)", realistic),
         ("kafka", vars["KAFKA_BROKERS"].clone()),
         ("nats", nats),
         ("etcd", etcd),
@@ -128,6 +134,15 @@ fn check_reachable(vars: &HashMap<String, String>) {
 /// An admin `kube::Client` (CN=kubewire-admin, O=system:masters) from `$KUBECONFIG`.
 pub async fn kube_client() -> kube::Client {
     let path = var("KUBECONFIG");
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!("testenv: cannot read kubeconfig {path}: {e} — run dev/testenv up")
+    });
+    client_from(kubeconfig).await
+}
+
+/// An admin `kube::Client` of the realistic API server (`$KUBECONFIG_REAL`).
+pub async fn kube_client_real() -> kube::Client {
+    let path = var("KUBECONFIG_REAL");
     let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
         panic!("testenv: cannot read kubeconfig {path}: {e} — run dev/testenv up")
     });

@@ -19,6 +19,44 @@ pub struct Kubewire {
     pub dir: PathBuf,
     runs: u32,
     admin: String,
+    /// The kubeconfig the process reaches its (first) cluster with.
+    kubeconfig: String,
+}
+
+/// Which of the test environment's API servers a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// `apiserver`: watch cache off, compaction only by `dev/testenv compact` (410 on demand).
+    Deterministic,
+    /// `apiserver-real`: as production clusters run (watch cache, bookmarks, priority and
+    /// fairness, its own compaction).
+    Realistic,
+}
+
+impl Server {
+    /// Its admin kubeconfig.
+    pub fn kubeconfig(self) -> String {
+        match self {
+            Server::Deterministic => common::var("KUBECONFIG"),
+            Server::Realistic => common::var("KUBECONFIG_REAL"),
+        }
+    }
+
+    /// Its URL.
+    pub fn url(self) -> String {
+        match self {
+            Server::Deterministic => common::var("TESTENV_APISERVER_URL"),
+            Server::Realistic => common::var("TESTENV_APISERVER_REAL_URL"),
+        }
+    }
+
+    /// An admin client of it.
+    pub async fn client(self) -> kube::Client {
+        match self {
+            Server::Deterministic => common::kube_client().await,
+            Server::Realistic => common::kube_client_real().await,
+        }
+    }
 }
 
 /// The configuration of a kubewire under test, built call by call: a `resources:` block, a
@@ -27,6 +65,7 @@ pub struct Kubewire {
 /// knows it without reading logs).
 pub struct Builder {
     dir: PathBuf,
+    kubeconfig: Option<String>,
     resources: String,
     sink: Option<String>,
     extra: String,
@@ -70,6 +109,12 @@ impl Builder {
         self
     }
 
+    /// Reach the (first) cluster with this kubeconfig instead of the deterministic server's.
+    pub fn kubeconfig(mut self, path: &str) -> Self {
+        self.kubeconfig = Some(path.to_owned());
+        self
+    }
+
     /// Writes `config.yaml` and starts kubewire with the admin kubeconfig.
     pub fn start(self) -> Kubewire {
         let dir = self.dir;
@@ -95,6 +140,7 @@ impl Builder {
             dir,
             runs: 0,
             admin,
+            kubeconfig: self.kubeconfig.unwrap_or_else(|| common::var("KUBECONFIG")),
         };
         kw.restart();
         kw
@@ -114,6 +160,7 @@ impl Kubewire {
     pub fn builder(dir: &Path) -> Builder {
         Builder {
             dir: dir.to_owned(),
+            kubeconfig: None,
             resources: String::new(),
             sink: None,
             extra: String::new(),
@@ -162,7 +209,7 @@ impl Kubewire {
         let child = Command::new(env!("CARGO_BIN_EXE_kubewire"))
             .args(["run", "--config"])
             .arg(self.dir.join("config.yaml"))
-            .env("KUBECONFIG", common::var("KUBECONFIG"))
+            .env("KUBECONFIG", &self.kubeconfig)
             .env_remove("KUBEWIRE_LOG")
             .stdout(Stdio::null())
             .stderr(log)
@@ -366,16 +413,25 @@ pub struct Scene {
     /// A fresh namespace, named `<prefix>-<unique>`.
     pub ns: String,
     pub dir: tempfile::TempDir,
+    /// The API server the scene (and the kubewire it starts) uses.
+    pub server: Server,
 }
 
 impl Scene {
+    /// A scene on the deterministic server.
     pub async fn new(prefix: &str) -> Self {
-        let client = common::kube_client().await;
+        Self::on(prefix, Server::Deterministic).await
+    }
+
+    /// A scene on `server`.
+    pub async fn on(prefix: &str, server: Server) -> Self {
+        let client = server.client().await;
         let ns = fresh_namespace(&client, prefix).await;
         Self {
             client,
             ns,
             dir: tempfile::tempdir().unwrap(),
+            server,
         }
     }
 
@@ -384,9 +440,9 @@ impl Scene {
         fresh_namespace(&self.client, prefix).await
     }
 
-    /// A kubewire under test in this scene's directory.
+    /// A kubewire under test in this scene's directory, on the scene's server.
     pub fn kubewire(&self) -> Builder {
-        Kubewire::builder(self.dir.path())
+        Kubewire::builder(self.dir.path()).kubeconfig(&self.server.kubeconfig())
     }
 
     /// The ConfigMaps of the scene's namespace.
@@ -641,6 +697,6 @@ pub async fn limited_kubeconfig(s: &Scene, rules: serde_json::Value) -> PathBuf 
     std::fs::write(&kubeconfig, format!(
         "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: '{}', certificate-authority: '{}'}}}}]\n\
          users: [{{name: sa, user: {{token: '{token}'}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: sa}}}}]\ncurrent-context: t\n",
-        common::var("TESTENV_APISERVER_URL"), common::var("TESTENV_CA_FILE"))).unwrap();
+        s.server.url(), common::var("TESTENV_CA_FILE"))).unwrap();
     kubeconfig
 }
