@@ -116,7 +116,9 @@ async fn configmap_changes_in_two_namespaces_yield_exact_ordered_events_on(serve
     assert_eq!(one[1]["data"]["data"]["value"], "2");
 }
 
-async fn restart_within_watch_window_resumes_without_list_and_publishes_each_change_once_on(server: Server) {
+async fn restart_within_watch_window_resumes_without_list_and_publishes_each_change_once_on(
+    server: Server,
+) {
     let s = Scene::on("kw-resume", server).await;
     let api = s.configmaps();
     let pp = PostParams::default();

@@ -250,3 +250,47 @@ async fn nats_stop_start_keeps_jetstream_messages() {
         .await
         .expect("delete stream");
 }
+
+/// The realistic server and its own etcd stop and start like the others, keeping their data.
+#[tokio::test]
+async fn realistic_apiserver_and_its_etcd_stop_start_keep_api_objects() {
+    let _serial = SERIAL.lock().await;
+    let cms: Api<ConfigMap> = Api::namespaced(common::kube_client_real().await, "default");
+    let name = unique_name("testenv-restart-real");
+    let cm: ConfigMap = serde_json::from_value(
+        json!({ "metadata": { "name": name }, "data": { "value": "real" } }),
+    )
+    .unwrap();
+    within(
+        30,
+        "create configmap",
+        cms.create(&PostParams::default(), &cm),
+    )
+    .await
+    .expect("create configmap");
+    let etcd_addr = common::var("TESTENV_ETCD_REAL_ENDPOINTS")
+        .trim_start_matches("http://")
+        .to_string();
+    let apiserver_addr = common::var("TESTENV_APISERVER_REAL_URL")
+        .trim_start_matches("https://")
+        .to_string();
+    {
+        let _restore = stop("etcd-real", &etcd_addr);
+        start("etcd-real");
+    }
+    {
+        let _restore = stop("apiserver-real", &apiserver_addr);
+        start("apiserver-real");
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(common::kube_client_real().await, "default");
+    let got = eventually(
+        60,
+        "configmap readable again on the realistic server",
+        || async { within(10, "get configmap", cms.get(&name)).await.ok() },
+    )
+    .await;
+    assert_eq!(got.data.unwrap()["value"], "real");
+    within(30, "delete", cms.delete(&name, &DeleteParams::default()))
+        .await
+        .expect("delete configmap");
+}

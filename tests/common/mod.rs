@@ -104,7 +104,9 @@ fn check_reachable(vars: &HashMap<String, String>) {
         .to_string();
     let realistic = vars
         .get("TESTENV_APISERVER_REAL_URL")
-        .unwrap_or_else(|| panic!("testenv: no realistic API server in the env — run dev/testenv up"))
+        .unwrap_or_else(|| {
+            panic!("testenv: no realistic API server in the env — run dev/testenv up")
+        })
         .trim_start_matches("https://")
         .to_string();
     let nats = vars["NATS_URL"].trim_start_matches("nats://").to_string();
