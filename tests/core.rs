@@ -291,25 +291,27 @@ async fn label_selector_transitions_yield_deleted_and_added_on(server: Server) {
     );
 }
 
+/// A kubeconfig for an identity that may read only the scene namespace's ConfigMaps.
+async fn configmaps_only(s: &Scene) -> std::path::PathBuf {
+    harness::limited_kubeconfig(
+        s,
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn forbidden_resource_is_named_and_the_others_keep_flowing() {
     let s = Scene::new("kw-rbac").await;
     let (client, ns) = (&s.client, &s.ns);
     let pp = PostParams::default();
-    let kubeconfig = harness::limited_kubeconfig(
-        &s,
-        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]),
-    )
-    .await;
+    let kubeconfig = configmaps_only(&s).await;
 
     let kw = s
         .kubewire()
         .watch("configmaps", &[ns])
         .watch("secrets", &[ns])
-        .extra_yaml(&format!(
-            "clusters:\n  - name: limited\n    kubeconfig: {}\n",
-            kubeconfig.display()
-        ))
+        .cluster("limited", &kubeconfig)
         .start();
     kw.wait_log(60, 1, "stream failing; retrying with backoff", 1)
         .await;
@@ -584,18 +586,11 @@ async fn all_resources_stream_every_kind_but_the_excludes_and_later_crds() {
 #[tokio::test]
 async fn all_resources_under_a_limited_identity_are_only_what_it_may_watch() {
     let s = Scene::new("kw-all-rbac").await;
-    let kubeconfig = harness::limited_kubeconfig(
-        &s,
-        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]),
-    )
-    .await;
+    let kubeconfig = configmaps_only(&s).await;
     let kw = s
         .kubewire()
         .watch("\"*\"", &[&s.ns])
-        .extra_yaml(&format!(
-            "clusters:\n  - name: limited\n    kubeconfig: {}\n",
-            kubeconfig.display()
-        ))
+        .cluster("limited", &kubeconfig)
         .start();
     kw.ready_streams(60, 1).await;
     let started = kw.log_messages(1, "stream started");

@@ -70,7 +70,11 @@ fn apiserver_addr() -> String {
 }
 
 async fn create_configmap(value: &str) -> (Api<ConfigMap>, String) {
-    let cms: Api<ConfigMap> = Api::namespaced(kube_client().await, "default");
+    create_configmap_with(kube_client().await, value).await
+}
+
+async fn create_configmap_with(client: kube::Client, value: &str) -> (Api<ConfigMap>, String) {
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let name = unique_name("testenv-restart");
     let cm: ConfigMap =
         serde_json::from_value(json!({ "metadata": { "name": name }, "data": { "value": value } }))
@@ -87,7 +91,11 @@ async fn create_configmap(value: &str) -> (Api<ConfigMap>, String) {
 
 /// Reads the ConfigMap back through a fresh client, retrying until the API server answers.
 async fn assert_configmap_survived(name: &str, value: &str) {
-    let cms: Api<ConfigMap> = Api::namespaced(kube_client().await, "default");
+    assert_configmap_survived_on(kube_client().await, name, value).await
+}
+
+async fn assert_configmap_survived_on(client: kube::Client, name: &str, value: &str) {
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let cm = eventually(60, "configmap readable again", || async {
         within(10, "get configmap", cms.get(name)).await.ok()
     })
@@ -255,19 +263,7 @@ async fn nats_stop_start_keeps_jetstream_messages() {
 #[tokio::test]
 async fn realistic_apiserver_and_its_etcd_stop_start_keep_api_objects() {
     let _serial = SERIAL.lock().await;
-    let cms: Api<ConfigMap> = Api::namespaced(common::kube_client_real().await, "default");
-    let name = unique_name("testenv-restart-real");
-    let cm: ConfigMap = serde_json::from_value(
-        json!({ "metadata": { "name": name }, "data": { "value": "real" } }),
-    )
-    .unwrap();
-    within(
-        30,
-        "create configmap",
-        cms.create(&PostParams::default(), &cm),
-    )
-    .await
-    .expect("create configmap");
+    let (_, name) = create_configmap_with(common::kube_client_real().await, "real").await;
     let etcd_addr = common::var("TESTENV_ETCD_REAL_ENDPOINTS")
         .trim_start_matches("http://")
         .to_string();
@@ -282,15 +278,5 @@ async fn realistic_apiserver_and_its_etcd_stop_start_keep_api_objects() {
         let _restore = stop("apiserver-real", &apiserver_addr);
         start("apiserver-real");
     }
-    let cms: Api<ConfigMap> = Api::namespaced(common::kube_client_real().await, "default");
-    let got = eventually(
-        60,
-        "configmap readable again on the realistic server",
-        || async { within(10, "get configmap", cms.get(&name)).await.ok() },
-    )
-    .await;
-    assert_eq!(got.data.unwrap()["value"], "real");
-    within(30, "delete", cms.delete(&name, &DeleteParams::default()))
-        .await
-        .expect("delete configmap");
+    assert_configmap_survived_on(common::kube_client_real().await, &name, "real").await;
 }

@@ -17,6 +17,13 @@ use crate::telemetry::HealthKey;
 use crate::transform::Transformer;
 use crate::watch::{StreamSpec, WatchLoop};
 
+/// One connected cluster within a term: what every stream start on it needs.
+struct On<'a> {
+    cluster: &'a ClusterConfig,
+    client: &'a kube::Client,
+    term: &'a Term,
+}
+
 impl Context {
     /// Connects and discovers (retrying with backoff while the cluster is unreachable),
     /// then starts every stream of this cluster.
@@ -59,17 +66,20 @@ impl Context {
         let mut started_all: HashMap<usize, HashSet<(String, String)>> = HashMap::new();
         let mut catalog = catalog;
         let interval = Duration::from_secs(self.config.watch.discovery_interval_seconds);
+        let on = On {
+            cluster: &cluster,
+            client: &client,
+            term: &term,
+        };
         loop {
             for &i in &pending {
                 if self.config.resources[i].is_all() {
                     let started = started_all.entry(i).or_default();
-                    self.start_all(&cluster, &client, &catalog, i, &term, started)
-                        .await;
+                    self.start_all(&on, &catalog, i, started).await;
                 }
             }
             pending.retain(|&i| {
-                self.config.resources[i].is_all()
-                    || !self.start_resource(&cluster, &client, &catalog, i, &term)
+                self.config.resources[i].is_all() || !self.start_resource(&on, &catalog, i)
             });
             if pending.is_empty() {
                 return;
@@ -92,13 +102,12 @@ impl Context {
     /// not hold yet. A resource it may not watch is skipped, said once at info.
     async fn start_all(
         self: &Arc<Self>,
-        cluster: &ClusterConfig,
-        client: &kube::Client,
+        on: &On<'_>,
         catalog: &Catalog,
         index: usize,
-        term: &Term,
         started: &mut HashSet<(String, String)>,
     ) {
+        let (cluster, client) = (on.cluster, on.client);
         let rc = &self.config.resources[index];
         for info in catalog.all_watchable(&rc.excludes()) {
             let key = (info.group.clone(), info.resource.clone());
@@ -122,20 +131,14 @@ impl Context {
                 tracing::info!(cluster = %cluster.name, resource = %info.qualified_name(), path = %format!("resources[{index}]"), "not permitted to list and watch: skipped");
                 continue;
             }
-            self.spawn_streams(cluster, client, &info, index, term);
+            self.spawn_streams(on, &info, index);
         }
     }
 
     /// Starts the streams of `resources[index]` if it resolves in `catalog`; otherwise
     /// reports it waiting (logged when it first fails). Returns whether it resolved.
-    fn start_resource(
-        self: &Arc<Self>,
-        cluster: &ClusterConfig,
-        client: &kube::Client,
-        catalog: &Catalog,
-        index: usize,
-        term: &Term,
-    ) -> bool {
+    fn start_resource(self: &Arc<Self>, on: &On<'_>, catalog: &Catalog, index: usize) -> bool {
+        let cluster = on.cluster;
         let rc = &self.config.resources[index];
         let key = HealthKey::Resource {
             cluster: cluster.name.clone(),
@@ -161,19 +164,13 @@ impl Context {
         if !rc.namespaces.is_empty() && !info.namespaced {
             tracing::warn!(resource = %rc.resource, "cluster-scoped resource: namespaces ignored");
         }
-        self.spawn_streams(cluster, client, &info, index, term);
+        self.spawn_streams(on, &info, index);
         true
     }
 
     /// Spawns the start of one stream per namespace scope of `info` under `resources[index]`.
-    fn spawn_streams(
-        self: &Arc<Self>,
-        cluster: &ClusterConfig,
-        client: &kube::Client,
-        info: &ResourceInfo,
-        index: usize,
-        term: &Term,
-    ) {
+    fn spawn_streams(self: &Arc<Self>, on: &On<'_>, info: &ResourceInfo, index: usize) {
+        let cluster = on.cluster;
         let rc = &self.config.resources[index];
         for ns in rc.scopes(info.namespaced) {
             let id = StreamId {
@@ -184,7 +181,7 @@ impl Context {
                 field_selector: rc.field_selector.clone(),
             };
             let ctx = self.clone();
-            let (client, term) = (client.clone(), term.clone());
+            let (client, term) = (on.client.clone(), on.term.clone());
             let cluster_name = cluster.name.clone();
             let resource = rc.resource.clone();
             tokio::spawn(async move {

@@ -109,6 +109,15 @@ impl Builder {
         self
     }
 
+    /// A `clusters:` block with one cluster, `name`, reached with `kubeconfig`.
+    pub fn cluster(self, name: &str, kubeconfig: &Path) -> Self {
+        let yaml = format!(
+            "clusters:\n  - name: {name}\n    kubeconfig: {}\n",
+            kubeconfig.display()
+        );
+        self.extra_yaml(&yaml)
+    }
+
     /// Reach the (first) cluster with this kubeconfig instead of the deterministic server's.
     pub fn kubeconfig(mut self, path: &str) -> Self {
         self.kubeconfig = Some(path.to_owned());
