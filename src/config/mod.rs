@@ -529,6 +529,26 @@ pub struct WatchConfig {
     /// resolve there (a CRD not installed yet), in seconds; the resource is streamed as
     /// soon as it resolves. Default: 30.
     pub discovery_interval_seconds: u64,
+    /// How a snapshot (a stream's first sync, a relist after 410) is read: `auto` (the
+    /// default) streams it where the server can (one watch with `sendInitialEvents=true`,
+    /// read up to the `k8s.io/initial-events-end` bookmark, which then goes on as the
+    /// stream's watch: much less API server memory for large lists) and falls back to a
+    /// paginated list where it cannot, decided per stream and logged once; `stream` insists
+    /// (an answer that cannot stream is an error, retried); `paginate` always lists.
+    pub initial_list: InitialList,
+}
+
+/// How snapshots are read (`watch.initialList`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialList {
+    /// Stream where the server supports it, else paginate.
+    #[default]
+    Auto,
+    /// Always stream.
+    Stream,
+    /// Always a paginated LIST.
+    Paginate,
 }
 
 impl WatchConfig {
@@ -556,6 +576,7 @@ impl Default for WatchConfig {
             backoff_max_ms: 30_000,
             healthy_reset_seconds: 60,
             discovery_interval_seconds: 30,
+            initial_list: InitialList::Auto,
         }
     }
 }

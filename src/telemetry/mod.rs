@@ -77,6 +77,13 @@ struct CauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    #[prometheus(flatten)]
+    stream: StreamLabels,
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChangeLabels {
     #[prometheus(flatten)]
     stream: StreamLabels,
@@ -126,6 +133,7 @@ pub struct Metrics {
     sink_duplicates: Family<SinkLabels, Counter>,
     watch_starts: Family<CauseLabels, Counter>,
     relists: Family<StreamLabels, Counter>,
+    snapshots: Family<ModeLabels, Counter>,
     reconciled: Family<ChangeLabels, Counter>,
     last_event: Family<StreamLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     last_checkpoint: Family<StreamLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -156,6 +164,7 @@ impl Default for Metrics {
             sink_duplicates: Family::default(),
             watch_starts: Family::default(),
             relists: Family::default(),
+            snapshots: Family::default(),
             reconciled: Family::default(),
             last_event: Family::default(),
             last_checkpoint: Family::default(),
@@ -204,6 +213,11 @@ impl Default for Metrics {
             m.sink_duplicates.clone(),
         );
         registry.register("watch_starts", "Watch and list requests started, by cause (initial, resume, relist, timeout, idle, error)", m.watch_starts.clone());
+        registry.register(
+            "snapshots",
+            "Snapshots taken (first syncs and relists), by how they were read: stream (a watch with sendInitialEvents) or paginate (LIST pages)",
+            m.snapshots.clone(),
+        );
         registry.register(
             "relists",
             "Reconciling relists (after 410 Gone)",
@@ -400,6 +414,17 @@ impl StreamMetrics {
                 stream: self.labels.clone(),
                 r#type: change.map_or("relisted", ChangeType::as_str).into(),
                 origin: origin.as_str().into(),
+            })
+            .inc();
+    }
+
+    /// Counts one snapshot taken, by how it was read (`stream` or `paginate`).
+    pub fn snapshot(&self, mode: &str) {
+        self.metrics
+            .snapshots
+            .get_or_create(&ModeLabels {
+                stream: self.labels.clone(),
+                mode: mode.into(),
             })
             .inc();
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::Resource;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::core::{DynamicObject, Request};
@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::checkpoint::{Index, Reconcile, RelistCounts, StreamCheckpoint};
 use crate::cluster::api_resource;
-use crate::config::WatchConfig;
+use crate::config::{InitialList, WatchConfig};
 use crate::event::{
     Change, ChangeType, Event, EventError, ObjectRef, Origin, RelistMarker, StreamId, TraceContext,
 };
@@ -156,6 +156,24 @@ enum Step {
     Watch(Cause),
 }
 
+/// A watch's events, boxed so that a streamed snapshot can hand its open watch over to the
+/// next step (the stream's live watch).
+type Events = futures::stream::BoxStream<'static, Result<WatchEvent<Value>, kube::Error>>;
+
+/// The annotation of the bookmark that ends a streamed snapshot's initial events.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// How this stream reads its snapshots, as far as it knows (`watch.initialList`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Snapshots {
+    /// `auto`, not tried yet: stream, and fall back to pages if the server cannot.
+    Try,
+    /// Streamed (`stream`, or `auto` once the server has shown it can).
+    Stream,
+    /// Paginated (`paginate`, or `auto` after the server could not stream).
+    Paginate,
+}
+
 /// Placeholder until `traces::event_span` gives an event its trace context.
 const UNSET_TRACE: TraceContext = TraceContext {
     trace_id: [0; 16],
@@ -190,6 +208,11 @@ pub struct WatchLoop {
     health_key: HealthKey,
     /// The span of the list or watch request in progress: event spans link to it.
     carrier: SpanContext,
+    /// How snapshots are read.
+    snapshots: Snapshots,
+    /// The open watch a streamed snapshot hands over to the next step. A mutex only so that
+    /// the loop stays `Sync` (it is never contended).
+    handover: std::sync::Mutex<Option<Events>>,
 }
 
 impl WatchLoop {
@@ -207,6 +230,7 @@ impl WatchLoop {
         let ar = api_resource(&spec.id.resource);
         let url_path = DynamicObject::url_path(&ar, spec.id.namespace.as_deref());
         let name = spec.id.to_string();
+        let settings_initial_list = settings.initial_list;
         Self {
             health_key: HealthKey::Stream(name.clone()),
             client,
@@ -221,6 +245,12 @@ impl WatchLoop {
             telemetry,
             metrics,
             carrier: SpanContext::empty_context(),
+            snapshots: match settings_initial_list {
+                InitialList::Auto => Snapshots::Try,
+                InitialList::Stream => Snapshots::Stream,
+                InitialList::Paginate => Snapshots::Paginate,
+            },
+            handover: std::sync::Mutex::new(None),
         }
     }
 
@@ -421,21 +451,64 @@ impl WatchLoop {
         // fails (an expired continue token, any error) must leave the index as it was, or the
         // retry reads those objects as unchanged and their events are lost (regression:
         // watch::tests::relist_failing_after_its_first_page_loses_no_change).
-        let mut buffered: Vec<(ChangeType, ObjectRef, Value, bool)> = Vec::new();
-        let list_rv = self
-            .list_pages(
-                |this, change, r, obj| {
-                    let publish = publish_snapshot && this.spec.events.contains(&change);
-                    if relist {
-                        buffered.push((change, r, obj, publish));
-                        None
-                    } else {
-                        Some(this.change_item(change, origin, r, obj, publish, None))
+        // (Behind a mutex, never contended, so that a streamed attempt falling back to pages
+        // can drop what it buffered while `each` holds it.)
+        let buffered: std::sync::Mutex<Vec<(ChangeType, ObjectRef, Value, bool)>> =
+            Default::default();
+        let mut each = |this: &mut Self, change, r, obj| {
+            let publish = publish_snapshot && this.spec.events.contains(&change);
+            if relist {
+                buffered
+                    .lock()
+                    .expect("buffer lock")
+                    .push((change, r, obj, publish));
+                None
+            } else {
+                Some(this.change_item(change, origin, r, obj, publish, None))
+            }
+        };
+        let streamed = if self.snapshots == Snapshots::Paginate {
+            None
+        } else {
+            match self.stream_snapshot(&mut each, &mut diff).await? {
+                Ok(rv) => {
+                    if self.snapshots == Snapshots::Try {
+                        tracing::info!(stream = %self.spec.id, "the server streams snapshots (sendInitialEvents): no paginated lists");
+                        self.snapshots = Snapshots::Stream;
                     }
-                },
-                &mut diff,
-            )
-            .await?;
+                    Some(rv)
+                }
+                Err(why) if self.snapshots == Snapshots::Try => {
+                    tracing::info!(stream = %self.spec.id, reason = %why, "the server cannot stream snapshots: paginated lists from now on");
+                    self.snapshots = Snapshots::Paginate;
+                    // What the attempt sent is in the index (an initial sync), so the list
+                    // reads it as unchanged; a relist's buffer was not sent at all.
+                    diff = Reconcile::default();
+                    None
+                }
+                Err(why) => {
+                    return Err(WatchError::Api {
+                        verb: "list",
+                        stream: self.describe(),
+                        code: 0,
+                        reason: "CannotStream".into(),
+                        message: format!("watch.initialList is stream, but {why}"),
+                    });
+                }
+            }
+        };
+        let list_rv = match streamed {
+            Some(rv) => {
+                self.metrics.snapshot("stream");
+                rv
+            }
+            None => {
+                buffered.lock().expect("buffer lock").clear();
+                let rv = self.list_pages(&mut each, &mut diff).await?;
+                self.metrics.snapshot("paginate");
+                rv
+            }
+        };
         let (vanished, counts) = diff.vanished(&self.index);
         let publish_deleted = publish_snapshot && self.spec.events.contains(&ChangeType::Deleted);
         let deletions: Vec<Item> = vanished
@@ -483,7 +556,7 @@ impl WatchLoop {
         for item in deletions {
             self.send(item).await?;
         }
-        for (change, r, obj, publish) in buffered {
+        for (change, r, obj, publish) in buffered.into_inner().expect("buffer lock") {
             let item = self.change_item(change, origin, r, obj, publish, None);
             self.send(item).await?;
         }
@@ -506,7 +579,7 @@ impl WatchLoop {
     /// resourceVersion.
     async fn list_pages(
         &mut self,
-        mut each: impl FnMut(&mut Self, ChangeType, ObjectRef, Value) -> Option<Item>,
+        each: &mut impl FnMut(&mut Self, ChangeType, ObjectRef, Value) -> Option<Item>,
         diff: &mut Reconcile,
     ) -> Result<String, WatchError> {
         let mut listed = 0i64;
@@ -552,6 +625,101 @@ impl WatchLoop {
             continue_token = page.metadata.continue_.filter(|c| !c.is_empty());
             if continue_token.is_none() {
                 return Ok(page.metadata.resource_version.unwrap_or_default());
+            }
+        }
+    }
+
+    /// A streamed snapshot: one watch with `sendInitialEvents=true` and
+    /// `resourceVersionMatch=NotOlderThan` from no resourceVersion (a consistent snapshot),
+    /// whose ADDED events are the listed objects, classified with `diff` and handed to
+    /// `each`, up to the bookmark annotated `k8s.io/initial-events-end`: its version is the
+    /// snapshot's, and the open watch is handed over to the next step. `Ok(Err(why))` when
+    /// the server cannot stream (a 4xx for the parameters, or it ignores them).
+    async fn stream_snapshot(
+        &mut self,
+        each: &mut impl FnMut(&mut Self, ChangeType, ObjectRef, Value) -> Option<Item>,
+        diff: &mut Reconcile,
+    ) -> Result<Result<String, String>, WatchError> {
+        let mut wp = WatchParams::streaming_lists().timeout(self.settings.timeout_seconds);
+        if let Some(l) = &self.spec.id.label_selector {
+            wp = wp.labels(l);
+        }
+        if let Some(f) = &self.spec.id.field_selector {
+            wp = wp.fields(f);
+        }
+        let req = Request::new(&self.url_path).watch(&wp, "")?;
+        let started = Instant::now();
+        let events = self.client.request_events::<Value>(req).await;
+        // A snapshot is a list, however it is read.
+        self.observe_request("list", started, &events);
+        let mut events: Events = match events {
+            Ok(e) => e.boxed(),
+            Err(kube::Error::Api(s)) if matches!(s.code, 400 | 422) => {
+                return Ok(Err(format!("HTTP {}: {}", s.code, s.message)));
+            }
+            Err(e) => return Err(self.api_error("list", e)),
+        };
+        let idle = Duration::from_secs(self.settings.idle_timeout_seconds.into());
+        let mut listed = 0i64;
+        let mut last_progress = Instant::now();
+        loop {
+            let next = match tokio::time::timeout(idle, events.try_next()).await {
+                Err(_) => return Ok(Err("the snapshot went silent".into())),
+                Ok(r) => r.map_err(|e| self.api_error("list", e))?,
+            };
+            let Some(ev) = next else {
+                return Ok(Err(format!(
+                    "the watch ended without the {INITIAL_EVENTS_END} bookmark"
+                )));
+            };
+            match ev {
+                WatchEvent::Added(obj) => {
+                    listed += 1;
+                    self.metrics.initial_sync("listed", listed);
+                    self.health(|_| {});
+                    if last_progress.elapsed() >= Duration::from_secs(5) {
+                        tracing::info!(stream = %self.spec.id, listed, "list in progress");
+                        last_progress = Instant::now();
+                    }
+                    let r =
+                        ObjectRef::from_object(&obj).map_err(|source| WatchError::BadObject {
+                            stream: self.spec.id.to_string(),
+                            source,
+                        })?;
+                    let Some(change) = diff.observe(&self.index, &r) else {
+                        continue;
+                    };
+                    if let Some(item) = each(self, change, r, obj) {
+                        self.send(item).await?;
+                    }
+                }
+                WatchEvent::Bookmark(b)
+                    if b.metadata
+                        .annotations
+                        .get(INITIAL_EVENTS_END)
+                        .map(String::as_str)
+                        == Some("true") =>
+                {
+                    *self.handover.lock().expect("handover lock") = Some(events);
+                    return Ok(Ok(b.metadata.resource_version));
+                }
+                WatchEvent::Error(s) if s.code == 410 => return Err(WatchError::Gone),
+                WatchEvent::Error(s) => {
+                    return Err(WatchError::Api {
+                        verb: "list",
+                        stream: self.describe(),
+                        code: s.code,
+                        reason: s.reason,
+                        message: s.message,
+                    });
+                }
+                // Changes or a plain bookmark before the end of the initial events: the
+                // server ignored sendInitialEvents.
+                _ => {
+                    return Ok(Err(
+                        "the server ignored sendInitialEvents (a change before the initial events ended)".into(),
+                    ));
+                }
             }
         }
     }
@@ -602,26 +770,32 @@ impl WatchLoop {
 
     async fn watch(&mut self) -> Result<Step, WatchError> {
         let rv = self.resource_version.clone().unwrap_or_default();
-        let mut wp = WatchParams::default().timeout(self.settings.timeout_seconds);
-        if let Some(l) = &self.spec.id.label_selector {
-            wp = wp.labels(l);
-        }
-        if let Some(f) = &self.spec.id.field_selector {
-            wp = wp.fields(f);
-        }
-        let req = Request::new(&self.url_path).watch(&wp, &rv)?;
-        tracing::debug!(stream = %self.spec.id, resource_version = %rv, "watching");
-        let started = Instant::now();
-        let events = self.client.request_events::<Value>(req).await;
-        self.observe_request("watch", started, &events);
-        let events = events.map_err(|e| self.api_error("watch", e))?;
+        let handed = self.handover.lock().expect("handover lock").take();
+        let mut events = match handed {
+            // The streamed snapshot's watch goes on: no second request, no gap.
+            Some(events) => events,
+            None => {
+                let mut wp = WatchParams::default().timeout(self.settings.timeout_seconds);
+                if let Some(l) = &self.spec.id.label_selector {
+                    wp = wp.labels(l);
+                }
+                if let Some(f) = &self.spec.id.field_selector {
+                    wp = wp.fields(f);
+                }
+                let req = Request::new(&self.url_path).watch(&wp, &rv)?;
+                tracing::debug!(stream = %self.spec.id, resource_version = %rv, "watching");
+                let started = Instant::now();
+                let events = self.client.request_events::<Value>(req).await;
+                self.observe_request("watch", started, &events);
+                events.map_err(|e| self.api_error("watch", e))?.boxed()
+            }
+        };
         // The request succeeded: the stream is synced up to the resumed version.
         self.health(|h| {
             h.synced = true;
             h.error = None;
         });
         self.metrics.ready(true);
-        futures::pin_mut!(events);
         let idle = Duration::from_secs(self.settings.idle_timeout_seconds.into());
         loop {
             let next = match tokio::time::timeout(idle, events.try_next()).await {

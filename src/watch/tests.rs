@@ -15,7 +15,7 @@ use tower_test::mock;
 
 use super::{Item, StreamSpec, WatchLoop};
 use crate::checkpoint::{IndexEntry, SentEntry, StreamCheckpoint};
-use crate::config::WatchConfig;
+use crate::config::{InitialList, WatchConfig};
 use crate::event::{Change, ChangeType, Event, Origin, RelistMarker, StreamId};
 use crate::telemetry::Telemetry;
 
@@ -56,6 +56,14 @@ fn start(checkpoint: StreamCheckpoint, settings: WatchConfig) -> Harness {
     let watch = WatchLoop::new(client, spec, settings, checkpoint, tx, telemetry, metrics);
     tokio::spawn(watch.run(cancel.clone()));
     Harness { api, items, cancel }
+}
+
+/// Settings of the tests of paginated snapshots.
+fn paginated() -> WatchConfig {
+    WatchConfig {
+        initial_list: InitialList::Paginate,
+        ..Default::default()
+    }
 }
 
 fn resumed_at(rv: &str) -> StreamCheckpoint {
@@ -150,6 +158,27 @@ impl Harness {
         send
     }
 
+    /// Expects a streamed snapshot: a watch with sendInitialEvents from no resourceVersion.
+    async fn expect_streamed_snapshot(&mut self) -> Responder {
+        let (q, send) = self.request("streamed snapshot").await;
+        assert_eq!(q.get("watch").map(String::as_str), Some("true"), "{q:?}");
+        assert_eq!(
+            q.get("sendInitialEvents").map(String::as_str),
+            Some("true"),
+            "{q:?}"
+        );
+        assert_eq!(
+            q.get("resourceVersionMatch").map(String::as_str),
+            Some("NotOlderThan"),
+            "{q:?}"
+        );
+        assert!(
+            q.get("resourceVersion").is_none_or(|rv| rv.is_empty()),
+            "a consistent snapshot names no version: {q:?}"
+        );
+        send
+    }
+
     async fn expect_watch(&mut self, rv: &str) -> Responder {
         let (q, send) = self.request("watch").await;
         assert_eq!(
@@ -221,7 +250,7 @@ fn counts(m: &RelistMarker) -> (u64, u64, u64, u64) {
 async fn resumes_from_checkpoint_with_a_watch_and_emits_its_events_in_order() {
     let mut checkpoint = resumed_at("100");
     checkpoint.index.insert("b".into(), entry("cm-b", "90"));
-    let mut h = start(checkpoint, WatchConfig::default());
+    let mut h = start(checkpoint, paginated());
 
     let send = h.expect_watch("100").await;
     respond_watch(
@@ -253,6 +282,7 @@ async fn resumes_from_checkpoint_with_a_watch_and_emits_its_events_in_order() {
 #[tokio::test]
 async fn without_checkpoint_lists_every_page_then_watches_from_the_list_version() {
     let settings = WatchConfig {
+        initial_list: InitialList::Paginate,
         page_size: 2,
         ..Default::default()
     };
@@ -289,7 +319,7 @@ async fn gone_on_the_watch_relists_with_marker_then_deletions_then_changes() {
             .index
             .insert(uid.into(), entry(&format!("cm-{uid}"), rv));
     }
-    let mut h = start(checkpoint, WatchConfig::default());
+    let mut h = start(checkpoint, paginated());
 
     let send = h.expect_watch("100").await;
     respond_watch(send, &[watch_line("ERROR", gone_status())]);
@@ -330,7 +360,7 @@ async fn gone_on_the_watch_relists_with_marker_then_deletions_then_changes() {
 
 #[tokio::test]
 async fn gone_as_http_status_on_the_watch_relists_too() {
-    let mut h = start(resumed_at("100"), WatchConfig::default());
+    let mut h = start(resumed_at("100"), paginated());
 
     let send = h.expect_watch("100").await;
     respond(send, StatusCode::GONE, gone_status().to_string());
@@ -354,7 +384,7 @@ async fn in_doubt_modified_at_the_listed_version_is_repeated_as_modified() {
             sent_as: Some(ChangeType::Modified),
         },
     );
-    let mut h = start(checkpoint, WatchConfig::default());
+    let mut h = start(checkpoint, paginated());
 
     let send = h.expect_watch("100").await;
     respond_watch(send, &[watch_line("ERROR", gone_status())]);
@@ -377,6 +407,7 @@ async fn in_doubt_modified_at_the_listed_version_is_repeated_as_modified() {
 #[tokio::test(start_paused = true)]
 async fn silent_watch_is_restarted_after_the_idle_timeout() {
     let settings = WatchConfig {
+        initial_list: InitialList::Paginate,
         timeout_seconds: 1,
         idle_timeout_seconds: 3,
         ..Default::default()
@@ -414,6 +445,7 @@ async fn relist_failing_after_its_first_page_loses_no_change() {
     let mut checkpoint = resumed_at("100");
     checkpoint.index.insert("a".into(), entry("cm-a", "10"));
     let settings = WatchConfig {
+        initial_list: InitialList::Paginate,
         page_size: 1,
         backoff_initial_ms: 1,
         backoff_max_ms: 5,
@@ -440,4 +472,149 @@ async fn relist_failing_after_its_first_page_loses_no_change() {
     h.expect_change(ChangeType::Modified, Origin::Relist, "a", "15")
         .await;
     h.expect_advance("210").await;
+}
+
+fn end_of_initial_events(rv: &str) -> String {
+    watch_line(
+        "BOOKMARK",
+        json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {
+            "resourceVersion": rv,
+            "annotations": {"k8s.io/initial-events-end": "true"}
+        }}),
+    )
+}
+
+/// Issue "Real clusters", item 2: `auto` streams a snapshot with one watch, and that watch
+/// goes on as the stream's watch (no second request, no gap).
+#[tokio::test]
+async fn without_checkpoint_streams_the_snapshot_then_goes_on_with_the_same_watch() {
+    let mut h = start(StreamCheckpoint::default(), WatchConfig::default());
+    let send = h.expect_streamed_snapshot().await;
+    respond_watch(
+        send,
+        &[
+            watch_line("ADDED", typed_cm("a", "11")),
+            watch_line("ADDED", typed_cm("b", "12")),
+            end_of_initial_events("15"),
+            watch_line("MODIFIED", typed_cm("a", "16")),
+        ],
+    );
+    h.expect_change(ChangeType::Added, Origin::Initial, "a", "11")
+        .await;
+    h.expect_change(ChangeType::Added, Origin::Initial, "b", "12")
+        .await;
+    h.expect_advance("15").await;
+    h.expect_change(ChangeType::Modified, Origin::Watch, "a", "16")
+        .await;
+    // The handed-over watch ended (the server's timeout): an ordinary watch resumes.
+    h.expect_watch("16").await;
+}
+
+/// A relist after 410 is streamed too, with the same diff, marker and order as pages.
+#[tokio::test]
+async fn a_streamed_relist_reconciles_like_a_paginated_one() {
+    let mut checkpoint = resumed_at("100");
+    for (uid, rv) in [("same", "10"), ("changed", "20"), ("vanished", "30")] {
+        checkpoint
+            .index
+            .insert(uid.into(), entry(&format!("cm-{uid}"), rv));
+    }
+    let mut h = start(checkpoint, WatchConfig::default());
+    let send = h.expect_watch("100").await;
+    respond(send, StatusCode::GONE, gone_status().to_string());
+    let send = h.expect_streamed_snapshot().await;
+    respond_watch(
+        send,
+        &[
+            watch_line("ADDED", typed_cm("same", "10")),
+            watch_line("ADDED", typed_cm("changed", "120")),
+            watch_line("ADDED", typed_cm("new", "130")),
+            end_of_initial_events("140"),
+        ],
+    );
+    let m = h.expect_marker().await;
+    assert_eq!(counts(&m), (1, 1, 1, 1));
+    assert_eq!(m.to_resource_version, "140");
+    h.expect_change(ChangeType::Deleted, Origin::Relist, "vanished", "30")
+        .await;
+    h.expect_change(ChangeType::Modified, Origin::Relist, "changed", "120")
+        .await;
+    h.expect_change(ChangeType::Added, Origin::Relist, "new", "130")
+        .await;
+    h.expect_advance("140").await;
+    h.expect_watch("140").await;
+}
+
+/// A server that refuses the parameters (422) is read by pages, and not asked to stream
+/// again: the next relist lists at once.
+#[tokio::test]
+async fn a_server_that_refuses_to_stream_is_read_by_pages_from_then_on() {
+    let mut h = start(StreamCheckpoint::default(), WatchConfig::default());
+    let send = h.expect_streamed_snapshot().await;
+    respond(
+        send,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "code": 422, "reason": "Invalid", "message": "sendInitialEvents is forbidden"})
+        .to_string(),
+    );
+    let send = h.expect_list(500, None).await;
+    respond_list(send, "20", None, vec![cm("a", "11")]);
+    h.expect_change(ChangeType::Added, Origin::Initial, "a", "11")
+        .await;
+    h.expect_advance("20").await;
+    let send = h.expect_watch("20").await;
+    respond(send, StatusCode::GONE, gone_status().to_string());
+    let send = h.expect_list(500, None).await;
+    respond_list(send, "30", None, vec![cm("a", "11")]);
+    let m = h.expect_marker().await;
+    assert_eq!(counts(&m), (0, 0, 0, 1));
+}
+
+/// A server that ignores the parameters (changes before any end bookmark) is read by pages;
+/// what the attempt already sent is not sent again, and nothing is lost.
+#[tokio::test]
+async fn a_server_that_ignores_the_parameters_is_read_by_pages_without_loss_or_repeat() {
+    let mut h = start(StreamCheckpoint::default(), WatchConfig::default());
+    let send = h.expect_streamed_snapshot().await;
+    respond_watch(
+        send,
+        &[
+            watch_line("ADDED", typed_cm("a", "11")),
+            watch_line("MODIFIED", typed_cm("a", "12")),
+        ],
+    );
+    h.expect_change(ChangeType::Added, Origin::Initial, "a", "11")
+        .await;
+    let send = h.expect_list(500, None).await;
+    respond_list(send, "20", None, vec![cm("a", "11"), cm("b", "13")]);
+    h.expect_change(ChangeType::Added, Origin::Initial, "b", "13")
+        .await;
+    h.expect_advance("20").await;
+    h.expect_watch("20").await;
+}
+
+/// `initialList: stream` insists: a refusal is an error (retried), never a paginated list.
+#[tokio::test]
+async fn forced_streaming_retries_instead_of_paginating() {
+    let settings = WatchConfig {
+        initial_list: InitialList::Stream,
+        backoff_initial_ms: 5,
+        backoff_max_ms: 10,
+        ..Default::default()
+    };
+    let mut h = start(StreamCheckpoint::default(), settings);
+    for _ in 0..2 {
+        let send = h.expect_streamed_snapshot().await;
+        respond(
+            send,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "code": 422, "reason": "Invalid", "message": "no"})
+            .to_string(),
+        );
+    }
+    let send = h.expect_streamed_snapshot().await;
+    respond_watch(send, &[end_of_initial_events("5")]);
+    h.expect_advance("5").await;
 }
