@@ -12,8 +12,15 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+/// Both ways of reading a snapshot (issue "Real clusters", item 2) reconcile alike: streamed
+/// (`auto`: the test server streams) and paginated. One after the other: each compacts etcd.
 #[tokio::test]
 async fn relist_after_compaction_reconciles_deletes_modifies_and_creates() {
+    relist_with("auto").await;
+    relist_with("paginate").await;
+}
+
+async fn relist_with(initial_list: &str) {
     let s = Scene::new("kw-relist").await;
     let (client, ns) = (&s.client, &s.ns);
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -21,7 +28,11 @@ async fn relist_after_compaction_reconciles_deletes_modifies_and_creates() {
     for name in ["stays", "changes", "goes", "recreated"] {
         api.create(&pp, &configmap(name, &[], "1")).await.unwrap();
     }
-    let mut kw = s.kubewire().watch("configmaps", &[ns]).start();
+    let mut kw = s
+        .kubewire()
+        .watch("configmaps", &[ns])
+        .extra_yaml(&format!("watch:\n  initialList: {initial_list}\n"))
+        .start();
     kw.wait_events(60, "initial snapshot of 4", |ev| ev.len() >= 4)
         .await;
     assert!(kw.stop().await.success());
@@ -99,4 +110,17 @@ async fn relist_after_compaction_reconciles_deletes_modifies_and_creates() {
     }
     assert_eq!(goes["data"]["metadata"]["name"], "goes");
     assert_eq!(check_duplicates(&events), 0);
+    let streamed = kw.log_messages(
+        2,
+        "the server streams snapshots (sendInitialEvents): no paginated lists",
+    );
+    match initial_list {
+        "auto" => assert_eq!(
+            streamed.len(),
+            1,
+            "the relist was streamed: {:#?}",
+            kw.logs(2)
+        ),
+        _ => assert!(streamed.is_empty(), "paginate never streams"),
+    }
 }

@@ -66,3 +66,46 @@ async fn bookmarks_advance_a_quiet_streams_checkpoint() {
         "the checkpoint took the bookmark: stored {stored}, bookmark {bookmark}, listed {listed}"
     );
 }
+
+/// Issue "Real clusters", item 2: on a server with the watch cache, the first sync is one
+/// streamed watch (no LIST), its snapshot is complete, and the same watch goes on.
+#[tokio::test]
+async fn a_first_sync_is_streamed_and_its_watch_goes_on() {
+    let s = Scene::on("kw-streamed", Server::Realistic).await;
+    let api = s.configmaps();
+    for i in 0..30 {
+        api.create(
+            &PostParams::default(),
+            &configmap(&format!("pre-{i}"), &[], "1"),
+        )
+        .await
+        .unwrap();
+    }
+    let kw = s.kubewire().watch("configmaps", &[&s.ns]).start();
+    kw.ready(60).await;
+    api.create(&PostParams::default(), &configmap("after", &[], "1"))
+        .await
+        .unwrap();
+    let cluster = harness::cluster_configmaps(&s.client, &[&s.ns]).await;
+    kw.wait_events(60, "the snapshot and the change after it", |ev| {
+        harness::replay(ev) == cluster
+    })
+    .await;
+    let admin = kw.admin().await;
+    let (_, metrics) = harness::http_get(&admin, "/metrics").await;
+    let streamed = format!(
+        "kubewire_snapshots_total{{cluster=\"default\",resource=\"configmaps\",namespace=\"{}\",mode=\"stream\"}} 1",
+        s.ns
+    );
+    assert!(metrics.contains(&streamed), "{streamed} in\n{metrics}");
+    let watches = format!(
+        "kubewire_watch_starts_total{{cluster=\"default\",resource=\"configmaps\",namespace=\"{}\",cause=\"after-list\"}} 1",
+        s.ns
+    );
+    assert!(metrics.contains(&watches), "{watches} in\n{metrics}");
+    assert_eq!(
+        kw.log_messages(1, "watching").len(),
+        0,
+        "the snapshot's own watch went on: no new watch request"
+    );
+}
