@@ -30,9 +30,14 @@ impl Context {
     pub(super) async fn start_cluster(self: Arc<Self>, cluster: ClusterConfig, term: Term) {
         let mut backoff = self.config.watch.backoff();
         let cluster_key = HealthKey::Cluster(cluster.name.clone());
+        self.telemetry.metrics.init_cluster(&cluster.name);
         let (client, catalog) = loop {
             let attempt = async {
-                let client = cluster::connect(&cluster).await?;
+                let metrics = self.telemetry.metrics.clone();
+                let name = cluster.name.clone();
+                let count: cluster::throttle::OnThrottled =
+                    Arc::new(move || metrics.api_throttled(&name));
+                let client = cluster::connect_with(&cluster, Some(count)).await?;
                 let catalog = Catalog::discover(&cluster.name, &client).await?;
                 Ok::<_, ClusterError>((client, catalog))
             };

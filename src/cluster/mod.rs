@@ -3,6 +3,7 @@
 
 pub mod leader;
 pub mod ratelimit;
+pub mod throttle;
 
 use std::fmt;
 
@@ -128,6 +129,14 @@ pub async fn may_list_and_watch(
 /// Builds the client for one configured cluster: its kubeconfig (and context) when given,
 /// else the usual inference (KUBECONFIG / ~/.kube/config, then in-cluster).
 pub async fn connect(cfg: &ClusterConfig) -> Result<kube::Client, ClusterError> {
+    connect_with(cfg, None).await
+}
+
+/// [`connect`], counting each throttled (429) attempt with `on_throttled`.
+pub async fn connect_with(
+    cfg: &ClusterConfig,
+    on_throttled: Option<throttle::OnThrottled>,
+) -> Result<kube::Client, ClusterError> {
     let options = KubeConfigOptions {
         context: cfg.context.clone(),
         ..Default::default()
@@ -160,11 +169,15 @@ pub async fn connect(cfg: &ClusterConfig) -> Result<kube::Client, ClusterError> 
                 source,
             })?,
     };
-    let builder =
-        kube::client::ClientBuilder::try_from(config).map_err(|source| ClusterError::Client {
+    // Our own retry (throttle.rs) instead of kube's, so that each 429 is seen and counted.
+    let mut config = config;
+    config.default_retry = false;
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|source| ClusterError::Client {
             cluster: cfg.name.clone(),
             source,
-        })?;
+        })?
+        .with_layer(&throttle::ThrottleLayer::new(&cfg.name, on_throttled));
     Ok(match ratelimit::RateLimitLayer::new(cfg.qps, cfg.burst) {
         Some(limit) => builder.with_layer(&limit).build(),
         None => builder.build(),

@@ -116,6 +116,11 @@ struct ApiLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ApiVerbLabels {
     cluster: String,
     verb: String,
@@ -143,6 +148,7 @@ pub struct Metrics {
     initial_sync: Family<StateLabels, Gauge>,
     stream_ready: Family<StreamLabels, Gauge>,
     api_requests: Family<ApiLabels, Counter>,
+    api_throttled: Family<ClusterLabels, Counter>,
     api_latency: Family<ApiVerbLabels, Histogram>,
 }
 
@@ -174,6 +180,7 @@ impl Default for Metrics {
             initial_sync: Family::default(),
             stream_ready: Family::default(),
             api_requests: Family::default(),
+            api_throttled: Family::default(),
             api_latency: Family::new_with_constructor(latency_histogram),
             registry: Registry::default(),
         };
@@ -269,6 +276,11 @@ impl Default for Metrics {
             m.api_requests.clone(),
         );
         registry.register(
+            "api_throttled",
+            "Kubernetes API requests answered 429 Too Many Requests (priority and fairness), each sent again after its Retry-After",
+            m.api_throttled.clone(),
+        );
+        registry.register(
             "api_request_duration_seconds",
             "Kubernetes API request latency by verb (watch: until the stream opened)",
             m.api_latency.clone(),
@@ -330,6 +342,24 @@ impl Metrics {
             .get_or_create(&SinkLabels { sink: sink.into() })
             .inc_by(0);
         self.sink_counted(sink, 0, 0);
+    }
+
+    /// Creates a cluster's throttled counter at zero.
+    pub fn init_cluster(&self, cluster: &str) {
+        self.api_throttled
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.into(),
+            })
+            .inc_by(0);
+    }
+
+    /// Counts one request of `cluster` answered 429.
+    pub fn api_throttled(&self, cluster: &str) {
+        self.api_throttled
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.into(),
+            })
+            .inc();
     }
 
     /// Adds what the sink's running totals grew by since the last call.

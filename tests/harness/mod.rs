@@ -661,19 +661,11 @@ pub async fn install_crd(
 /// A kubeconfig (in the scene's directory) for a ServiceAccount of the scene's namespace
 /// bound to a Role with `rules` there: an identity that may do only that.
 pub async fn limited_kubeconfig(s: &Scene, rules: serde_json::Value) -> PathBuf {
-    use k8s_openapi::api::authentication::v1::TokenRequest;
-    use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     use kube::api::{Api, PostParams};
     let (client, ns) = (&s.client, &s.ns);
     let pp = PostParams::default();
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    sas.create(
-        &pp,
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": "kubewire"}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    let kubeconfig = service_account_kubeconfig(s).await;
     let roles: Api<Role> = Api::namespaced(client.clone(), ns);
     roles
         .create(
@@ -691,6 +683,23 @@ pub async fn limited_kubeconfig(s: &Scene, rules: serde_json::Value) -> PathBuf 
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubewire"},
         "subjects": [{"kind": "ServiceAccount", "name": "kubewire", "namespace": ns}]
     })).unwrap()).await.unwrap();
+    kubeconfig
+}
+
+/// A kubeconfig (in the scene's directory) for the ServiceAccount `kubewire` of the scene's
+/// namespace (created here, with a token from the TokenRequest API), on the scene's server.
+pub async fn service_account_kubeconfig(s: &Scene) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Api, PostParams};
+    let pp = PostParams::default();
+    let sas: Api<ServiceAccount> = Api::namespaced(s.client.clone(), &s.ns);
+    sas.create(
+        &pp,
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": "kubewire"}})).unwrap(),
+    )
+    .await
+    .unwrap();
     let tr: TokenRequest = serde_json::from_value(
         serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}),
     )
