@@ -380,3 +380,28 @@ fn redaction_key_file_defaults_beside_the_store() {
     c.redaction_key_path = Some("/etc/k".into());
     assert_eq!(c.redaction_key_file(), Path::new("/etc/k"));
 }
+
+/// Every field of the configuration (read off the structs, as the environment overrides are)
+/// is in the reference, `docs/configuration.md`: a new field without its documentation
+/// fails here.
+#[test]
+fn every_configuration_field_is_in_the_reference() {
+    let reference = include_str!("../../docs/configuration.md");
+    let missing: Vec<&String> = super::field_names()
+        .iter()
+        .filter(|name| {
+            // A field, a nested field (`sink.topic` style) or a section (`auth.token`).
+            ![
+                format!("`{name}`"),
+                format!(".{name}`"),
+                format!("`{name}."),
+            ]
+            .iter()
+            .any(|form| reference.contains(form.as_str()))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/configuration.md: {missing:?}"
+    );
+}
