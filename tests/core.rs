@@ -611,3 +611,86 @@ async fn all_resources_under_a_limited_identity_are_only_what_it_may_watch() {
             .is_empty()
     );
 }
+
+/// Issue "Real clusters", item 5: a CRD deleted while it is watched pauses its stream — named
+/// in `/readyz`, `/healthz` 200, the checkpoint kept — and the stream resumes when the CRD
+/// returns, with the deletes of the objects that went with it.
+#[tokio::test]
+async fn a_crd_deleted_while_watched_pauses_its_stream_and_resumes_when_it_returns() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let s = Scene::new("kw-crd-gone").await;
+    let group = format!("{}.kubewire.test", common::unique_name("gone"));
+    let crd_name = format!("doohickeys.{group}");
+    let ar = harness::install_crd(&s.client, &group, "doohickeys", "Doohickey").await;
+    let kw = s
+        .kubewire()
+        .watch(&format!("Doohickey.v1.{group}"), &[&s.ns])
+        .extra_yaml("watch:\n  backoffMaxMs: 1000\n")
+        .start();
+    kw.ready(60).await;
+    let objects = |ar: &kube::discovery::ApiResource| {
+        Api::<kube::api::DynamicObject>::namespaced_with(s.client.clone(), &s.ns, ar)
+    };
+    let object = |name: &str| -> kube::api::DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": format!("{group}/v1"), "kind": "Doohickey", "metadata": {"name": name}
+        }))
+        .unwrap()
+    };
+    objects(&ar)
+        .create(&PostParams::default(), &object("before"))
+        .await
+        .unwrap();
+    kw.wait_events(60, "the first object", |ev| {
+        ev.iter().any(|e| e["k8sname"] == "before")
+    })
+    .await;
+
+    let crds: Api<CustomResourceDefinition> = Api::all(s.client.clone());
+    crds.delete(&crd_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let admin = kw.admin().await;
+    let paused = format!(
+        "paused: doohickeys.{group} in namespace \"{}\" is not served any more",
+        s.ns
+    );
+    common::eventually(60, "/readyz to say the stream is paused", || async {
+        let (code, body) = harness::http_get(&admin, "/readyz").await;
+        (code == 503 && body.contains(&paused)).then_some(())
+    })
+    .await;
+    assert_eq!(harness::http_get(&admin, "/healthz").await.0, 200);
+    common::eventually(60, "the CRD gone", || async {
+        crds.get_opt(&crd_name)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    let ar = harness::install_crd(&s.client, &group, "doohickeys", "Doohickey").await;
+    common::eventually(60, "the returned CRD to take objects", || async {
+        objects(&ar)
+            .create(&PostParams::default(), &object("after"))
+            .await
+            .ok()
+    })
+    .await;
+    let events = kw
+        .wait_events(
+            60,
+            "the object after the CRD returned, and the delete of the one before",
+            |ev| {
+                let has =
+                    |name: &str, c: &str| ev.iter().any(|e| e["k8sname"] == name && change(e) == c);
+                has("after", "added") && has("before", "deleted")
+            },
+        )
+        .await;
+    assert_eq!(kw.runs(), 1, "no restart");
+    assert_eq!(check_duplicates(&events), 0);
+    kw.ready(60).await;
+}

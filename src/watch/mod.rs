@@ -78,6 +78,13 @@ pub enum WatchError {
     Closed,
 }
 
+impl WatchError {
+    /// The resource is not served (404): its CRD was deleted, or its group removed.
+    pub fn is_not_served(&self) -> bool {
+        matches!(self, WatchError::Api { code: 404, .. })
+    }
+}
+
 /// What the loop hands to the publishing side, in order.
 #[derive(Debug)]
 pub enum Item {
@@ -298,10 +305,24 @@ impl WatchLoop {
                 }
                 Err(WatchError::Closed) => return,
                 Err(e) => {
-                    let msg = e.to_string();
+                    let not_served = e.is_not_served();
+                    let msg = if not_served {
+                        // Its CRD was deleted (or its API group removed): keep the checkpoint
+                        // and index, and resume (or relist) once it is served again.
+                        format!(
+                            "paused: {} is not served any more (CRD deleted?); its checkpoint is kept and the stream resumes when it is served again",
+                            self.describe()
+                        )
+                    } else {
+                        e.to_string()
+                    };
                     // Log once per change of state, not once per retry.
                     if last_error.as_deref() != Some(msg.as_str()) {
-                        tracing::error!(%stream, error = %msg, "stream failing; retrying with backoff");
+                        if not_served {
+                            tracing::warn!(%stream, reason = %msg, "stream paused: resource not served");
+                        } else {
+                            tracing::error!(%stream, error = %msg, "stream failing; retrying with backoff");
+                        }
                         last_error = Some(msg.clone());
                     }
                     self.health(|h| h.error = Some(msg));
