@@ -177,7 +177,7 @@ async fn a_throttled_identity_waits_its_turn_and_every_stream_syncs() {
         )
         .await
         .unwrap();
-    Api::<FlowSchema>::all(s.client.clone())
+    let flow_schema = Api::<FlowSchema>::all(s.client.clone())
         .create(
             &pp,
             &serde_json::from_value(serde_json::json!({
@@ -199,6 +199,31 @@ async fn a_throttled_identity_waits_its_turn_and_every_stream_syncs() {
         )
         .await
         .unwrap();
+    // The API server applies new FlowSchemas asynchronously: wait until the identity's
+    // requests are classified by this one (its UID in the response header).
+    let uid = flow_schema.metadata.uid.expect("a uid");
+    let token = std::fs::read_to_string(&kubeconfig)
+        .unwrap()
+        .split("token: '")
+        .nth(1)
+        .and_then(|t| t.split('\'').next())
+        .expect("the token in the kubeconfig")
+        .to_owned();
+    common::eventually(60, "the FlowSchema in effect for the identity", || async {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-D", "-", "--cacert"])
+            .arg(common::var("TESTENV_CA_FILE"))
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(format!("{}/api", common::var("TESTENV_APISERVER_REAL_URL")))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .to_ascii_lowercase()
+            .contains(&format!("x-kubernetes-pf-flowschema-uid: {uid}"))
+            .then_some(())
+    })
+    .await;
 
     // Whether a start is throttled depends on how many of its requests overlap: start
     // afresh (a new snapshot each time) until one is, five times at most.
@@ -207,7 +232,7 @@ async fn a_throttled_identity_waits_its_turn_and_every_stream_syncs() {
         let dir = tempfile::tempdir().unwrap();
         let kw = harness::Kubewire::builder(dir.path())
             .watch("\"*\"", &[])
-            .extra_yaml("watch:\n  initialList: paginate\n")
+            .extra_yaml("watch:\n  initialList: paginate\n  pageSize: 5\n")
             .cluster("squeezed", &kubeconfig)
             .start();
         kw.ready(180).await;
