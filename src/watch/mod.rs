@@ -408,6 +408,20 @@ impl WatchLoop {
         }
     }
 
+    /// An ERROR event in a watch: 410 is Gone (relist), anything else the API's error.
+    fn event_error(&self, verb: &'static str, s: kube::core::Status) -> WatchError {
+        if s.code == 410 {
+            return WatchError::Gone;
+        }
+        WatchError::Api {
+            verb,
+            stream: self.describe(),
+            code: s.code,
+            reason: s.reason,
+            message: s.message,
+        }
+    }
+
     /// `configmaps in namespace "x"`: the resource named in every error.
     fn describe(&self) -> String {
         let r = self.spec.id.resource.qualified_name();
@@ -724,16 +738,7 @@ impl WatchLoop {
                     *self.handover.lock().expect("handover lock") = Some(events);
                     return Ok(Ok(b.metadata.resource_version));
                 }
-                WatchEvent::Error(s) if s.code == 410 => return Err(WatchError::Gone),
-                WatchEvent::Error(s) => {
-                    return Err(WatchError::Api {
-                        verb: "list",
-                        stream: self.describe(),
-                        code: s.code,
-                        reason: s.reason,
-                        message: s.message,
-                    });
-                }
+                WatchEvent::Error(s) => return Err(self.event_error("list", *s)),
                 // Changes or a plain bookmark before the end of the initial events: the
                 // server ignored sendInitialEvents.
                 _ => {
@@ -844,16 +849,7 @@ impl WatchLoop {
                     self.send(Item::Advance(rv)).await?;
                     continue;
                 }
-                WatchEvent::Error(s) if s.code == 410 => return Err(WatchError::Gone),
-                WatchEvent::Error(s) => {
-                    return Err(WatchError::Api {
-                        verb: "watch",
-                        stream: self.describe(),
-                        code: s.code,
-                        reason: s.reason,
-                        message: s.message,
-                    });
-                }
+                WatchEvent::Error(s) => return Err(self.event_error("watch", *s)),
             };
             let r = ObjectRef::from_object(&obj).map_err(|source| WatchError::BadObject {
                 stream: self.spec.id.to_string(),
