@@ -412,21 +412,9 @@ mod tests {
 
     #[test]
     fn without_the_otel_layer_event_spans_are_disabled_and_traceparents_random_but_valid() {
-        use crate::event::{Change, ChangeType, ObjectRef, Origin, ResourceInfo, StreamId};
+        use crate::event::{Change, ChangeType, ObjectRef, Origin, StreamId};
         use std::sync::Arc;
-        let stream = Arc::new(StreamId {
-            cluster: "c".into(),
-            resource: ResourceInfo {
-                group: String::new(),
-                version: "v1".into(),
-                resource: "configmaps".into(),
-                kind: "ConfigMap".into(),
-                namespaced: true,
-            },
-            namespace: None,
-            label_selector: None,
-            field_selector: None,
-        });
+        let stream = Arc::new(StreamId::test_configmaps());
         let event = Event::Object(Change {
             stream,
             change: ChangeType::Added,
