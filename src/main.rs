@@ -1,4 +1,4 @@
-//! The `kubewire` command line: `run`, `check-config`, `resources`. Exit codes: 0 success,
+//! The `kubewire` command line: `run`, `check-config`, `resources`, `state`. Exit codes: 0 success,
 //! 1 runtime failure (checkpoint store or sink cannot be opened, cluster unreachable for
 //! `resources`), 2 invalid configuration, 130 forced stop by a second signal.
 #![forbid(unsafe_code)]
@@ -51,6 +51,45 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Inspect or change what the configured state backend holds per stream.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateAction {
+    /// Every stream with its resourceVersion, index size and whether the configuration
+    /// still makes it (orphaned streams: a changed selector, namespace or resource).
+    Show {
+        #[arg(long, short, default_value = "config/kubewire.yaml")]
+        config: PathBuf,
+        /// `table` or `json`.
+        #[arg(long, short, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Remove streams from the state: each starts over with a fresh snapshot the next time
+    /// it runs. With the Kafka backend this fences a running leader, which steps down.
+    Reset {
+        #[arg(long, short, default_value = "config/kubewire.yaml")]
+        config: PathBuf,
+        /// A stream key, as `state show` prints it (repeatable).
+        #[arg(long = "stream")]
+        streams: Vec<String>,
+        /// Every stream `state show` marks orphaned.
+        #[arg(long)]
+        orphaned: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +100,7 @@ fn main() -> ExitCode {
             Command::Run { config } => run(config).await,
             Command::CheckConfig { config, offline } => check_config(config, offline).await,
             Command::Resources { config } => resources(config).await,
+            Command::State { action } => state(action).await,
         }
     })
 }
@@ -272,4 +312,135 @@ async fn resources(path: Option<PathBuf>) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// Logs of a one-shot command: warnings and errors only, to stderr.
+fn init_quiet_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUBEWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+async fn state(action: StateAction) -> ExitCode {
+    init_quiet_logging();
+    let path = match &action {
+        StateAction::Show { config, .. } | StateAction::Reset { config, .. } => config.clone(),
+    };
+    let config = match Config::load_valid(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            print_problems(&e.problems());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match action {
+        StateAction::Show { output, .. } => match app::state::show(&config).await {
+            Ok(report) => {
+                match output {
+                    OutputFormat::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).expect("a report serializes")
+                    ),
+                    OutputFormat::Table => print_state(&report),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kubewire: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
+        StateAction::Reset {
+            streams,
+            orphaned,
+            yes,
+            ..
+        } => {
+            let mut chosen = streams;
+            if orphaned {
+                match app::state::show(&config).await {
+                    Ok(report) => chosen.extend(
+                        report
+                            .streams
+                            .into_iter()
+                            .filter(|s| s.orphaned == Some(true))
+                            .map(|s| s.stream),
+                    ),
+                    Err(e) => {
+                        eprintln!("kubewire: {e}");
+                        return ExitCode::from(EXIT_RUNTIME);
+                    }
+                }
+            }
+            if chosen.is_empty() {
+                eprintln!("kubewire state reset: name streams with --stream KEY, or pass --orphaned (see kubewire state show)");
+                return ExitCode::from(if orphaned { 0 } else { EXIT_CONFIG });
+            }
+            if !yes && !confirm(&chosen) {
+                eprintln!("kubewire state reset: not confirmed; nothing changed (--yes skips the question)");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            match app::state::remove(&config, &chosen).await {
+                Ok(removed) => {
+                    for s in &chosen {
+                        if removed.contains(s) {
+                            println!("removed {s}");
+                        } else {
+                            println!("not in the state: {s}");
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kubewire: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+    }
+}
+
+/// Asks on the terminal; `false` when there is none to ask on.
+fn confirm(streams: &[String]) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    eprintln!("These streams will start over with a fresh snapshot:");
+    for s in streams {
+        eprintln!("  {s}");
+    }
+    eprint!("Type yes to remove them: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).is_ok() && line.trim() == "yes"
+}
+
+fn print_state(report: &app::state::StateReport) {
+    println!(
+        "backend: {} ({}), last commit: {}",
+        report.backend,
+        report.location,
+        report.last_commit.as_deref().unwrap_or("never")
+    );
+    println!(
+        "{:<72} {:>16} {:>8} ORPHANED",
+        "STREAM", "RESOURCEVERSION", "OBJECTS"
+    );
+    for s in &report.streams {
+        println!(
+            "{:<72} {:>16} {:>8} {}",
+            s.stream,
+            s.resource_version.as_deref().unwrap_or("-"),
+            s.objects,
+            match s.orphaned {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "unknown",
+            }
+        );
+    }
 }

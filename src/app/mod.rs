@@ -2,6 +2,7 @@
 //! watch loop and a publisher joined by a bounded channel; and the shutdown: stop watching,
 //! drain in-flight events within a grace period, commit the checkpoints.
 
+pub mod state;
 mod streams;
 
 use std::sync::Arc;
@@ -10,9 +11,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::checkpoint::{self, CheckpointError, StateStore, Store};
+use crate::checkpoint::{self, CheckpointError, LogStore, StateStore, Store};
 use crate::cluster::{self, ClusterError, leader};
-use crate::config::Config;
+use crate::config::{Config, SinkConfig, StateBackend};
+use crate::sink::kafka::txn;
 use crate::sink::{self, Sink, SinkError};
 use crate::telemetry::{self, HealthKey, Telemetry, TelemetryError};
 use crate::transform::TransformError;
@@ -47,30 +49,48 @@ pub enum AppError {
     /// The lease manager cannot start.
     #[error("leader election: {0}")]
     Leader(#[from] kube_lease_manager::LeaseManagerError),
+    /// The Kafka backend's producer can publish nothing more (fenced by another kubewire
+    /// with the same `transactional.id`, or a fatal error) and no Lease says who leads.
+    #[error("kafka state backend stopped: {0}")]
+    Stopped(String),
 }
 
 /// Runs the daemon until `shutdown` is cancelled, then drains and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
-    let store: Arc<dyn StateStore> = Arc::new(Store::open(&config.checkpoint.path)?);
-    // Stable across restarts: a replayed Secret event must carry the same markers.
-    let key = checkpoint::load_or_create_key(&config.checkpoint.redaction_key_file())?;
     let telemetry = Arc::new(Telemetry::default());
     let admin_stop = CancellationToken::new();
-    // One attempt now, so that a configuration the sink refuses fails the start; an
-    // unreachable destination is waited for when a term needs the sink (a standby never
-    // does), never a reason to exit.
     let sink = tokio::sync::OnceCell::new();
-    match sink::build(&config.sink).await {
-        Ok(s) => {
-            let s: Arc<dyn Sink> = Arc::from(s);
-            observe_sink(&telemetry, &s, &admin_stop);
-            let _ = sink.set(s);
+    let backend = match config.checkpoint.backend.resolve(&config.sink) {
+        StateBackend::Kafka => {
+            tracing::info!(topic = %config.checkpoint.kafka.state_topic, transactional_id = %config.transactional_id(), "state backend: kafka (events and state in one transaction)");
+            // The key from a file when configured; else the state topic's (read per term).
+            let key = match &config.checkpoint.redaction_key_path {
+                Some(path) => Some(checkpoint::load_or_create_key(path)?),
+                None => None,
+            };
+            Backend::Kafka { key }
         }
-        Err(e) if e.is_unreachable() => {
-            tracing::warn!(sink = config.sink.type_name(), error = %e, "sink unreachable at start; waiting for it");
+        _ => {
+            let store: Arc<dyn StateStore> = Arc::new(Store::open(&config.checkpoint.path)?);
+            // Stable across restarts: a replayed Secret event must carry the same markers.
+            let key = checkpoint::load_or_create_key(&config.checkpoint.redaction_key_file())?;
+            // One attempt now, so that a configuration the sink refuses fails the start; an
+            // unreachable destination is waited for when a term needs the sink (a standby
+            // never does), never a reason to exit.
+            match sink::build(&config.sink).await {
+                Ok(s) => {
+                    let s: Arc<dyn Sink> = Arc::from(s);
+                    observe_sink(&telemetry, &s, &admin_stop);
+                    let _ = sink.set(s);
+                }
+                Err(e) if e.is_unreachable() => {
+                    tracing::warn!(sink = config.sink.type_name(), error = %e, "sink unreachable at start; waiting for it");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            Backend::Embedded { store, key }
         }
-        Err(e) => return Err(e.into()),
-    }
+    };
     if config.admin.enabled {
         // A loop that shows no sign of life for longer than its own idle timeout plus a
         // margin is wedged.
@@ -87,20 +107,43 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let elect = config.leader_election.enabled;
     let ctx = Arc::new(Context {
         config: Arc::new(config),
-        store,
+        backend,
         sink,
-        redaction_key: key,
         telemetry,
         admin_stop: admin_stop.clone(),
     });
     if elect {
         ctx.run_elected(shutdown).await?;
     } else {
-        // Never aborted: a stop always drains.
-        ctx.run_term(shutdown, CancellationToken::new()).await?;
+        // Never aborted by a Lease: a stop always drains.
+        if let TermEnd::Dead(reason) = ctx.run_term(shutdown, CancellationToken::new()).await? {
+            admin_stop.cancel();
+            return Err(AppError::Stopped(reason));
+        }
     }
     admin_stop.cancel();
     Ok(())
+}
+
+/// Where the streams' checkpoints live.
+enum Backend {
+    /// The redb store, and the redaction key beside it; the sink is built once.
+    Embedded {
+        store: Arc<dyn StateStore>,
+        key: Vec<u8>,
+    },
+    /// The state topic, written by a transactional sink built anew for every term (its
+    /// `init_transactions` fences the previous leader). `key`: from a configured file.
+    Kafka { key: Option<Vec<u8>> },
+}
+
+/// How a term ended.
+#[derive(Debug, PartialEq, Eq)]
+enum TermEnd {
+    /// Stopped (shutdown or leadership lost).
+    Stopped,
+    /// The Kafka backend's producer was fenced or died: it published nothing more.
+    Dead(String),
 }
 
 /// Reports a built sink in `/readyz` and the metrics.
@@ -116,10 +159,9 @@ fn observe_sink(telemetry: &Arc<Telemetry>, sink: &Arc<dyn Sink>, stop: &Cancell
 
 struct Context {
     config: Arc<Config>,
-    store: Arc<dyn StateStore>,
-    /// Built at start, or once its destination is reachable.
+    backend: Backend,
+    /// The embedded backend's sink: built at start, or once its destination is reachable.
     sink: tokio::sync::OnceCell<Arc<dyn Sink>>,
-    redaction_key: Vec<u8>,
     telemetry: Arc<Telemetry>,
     admin_stop: CancellationToken,
 }
@@ -129,6 +171,10 @@ struct Context {
 struct Term {
     /// Where the publishers send.
     sink: Arc<dyn Sink>,
+    /// Where the checkpoints are read from (and, embedded, written to).
+    store: Arc<dyn StateStore>,
+    /// The Secret redaction key.
+    redaction_key: Arc<Vec<u8>>,
     /// Cancelled to stop the watch loops.
     watching: CancellationToken,
     /// Cancelled to make the publishers stop taking new events (leadership lost).
@@ -179,20 +225,92 @@ impl Context {
         }
     }
 
+    /// The Kafka backend's sink for one term: started (fencing the previous producer,
+    /// reading the state topic) with backoff while Kafka is unreachable (`/readyz` says
+    /// why); `None` when `stop` comes first; `Err` when Kafka refuses (ACLs, no
+    /// transactions): kubewire then exits 1 with the error.
+    async fn start_transactional(
+        &self,
+        file_key: Option<Vec<u8>>,
+        stop: &CancellationToken,
+    ) -> Result<Option<txn::Started>, SinkError> {
+        let SinkConfig::Kafka(kafka) = &self.config.sink else {
+            return Err(SinkError::Config(
+                "checkpoint.backend kafka needs sink.type: kafka".into(),
+            ));
+        };
+        let k = &self.config.checkpoint.kafka;
+        let settings = txn::TxnSettings {
+            state_topic: k.state_topic.clone(),
+            replication_factor: k
+                .replication_factor
+                .unwrap_or(kafka.create_topics.replication_factor),
+            transactional_id: self.config.transactional_id(),
+            interval: Duration::from_millis(k.transaction_interval_ms),
+            max_events: k.transaction_max_events,
+            timeout: Duration::from_millis(k.transaction_timeout_ms),
+        };
+        let key = HealthKey::Sink("kafka");
+        let attempts = async {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                match txn::TxnSink::start(kafka, settings.clone(), file_key.clone()).await {
+                    Ok(started) => {
+                        self.telemetry.health.remove(&key);
+                        return Ok(started);
+                    }
+                    Err(e) if e.is_unreachable() => {
+                        tracing::warn!(error = %e, "kafka state backend: waiting for the brokers");
+                        self.telemetry
+                            .health
+                            .update(&key, |h| h.error = Some(e.to_string()));
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => Ok(None),
+            r = attempts => r.map(Some),
+        }
+    }
+
     /// Watches until `stop`, then stops the watches and lets the publishers finish:
     /// everything already read is published (graceful shutdown: drain), unless `abort` was
     /// cancelled first, in which case only what the sink already holds is awaited
-    /// (leadership lost: stop publishing at once).
+    /// (leadership lost: stop publishing at once). A Kafka backend producer that is fenced
+    /// or dies aborts the term at once.
     async fn run_term(
         self: &Arc<Self>,
         stop: CancellationToken,
         abort: CancellationToken,
-    ) -> Result<(), SinkError> {
-        let Some(sink) = self.wait_for_sink(&stop).await? else {
-            return Ok(());
+    ) -> Result<TermEnd, SinkError> {
+        let term_stop = self.admin_stop.child_token();
+        let _term_stop = term_stop.clone().drop_guard();
+        let (sink, store, redaction_key, dead) = match &self.backend {
+            Backend::Embedded { store, key } => {
+                let Some(sink) = self.wait_for_sink(&stop).await? else {
+                    return Ok(TermEnd::Stopped);
+                };
+                (sink, store.clone(), key.clone(), None)
+            }
+            Backend::Kafka { key } => {
+                let Some(started) = self.start_transactional(key.clone(), &stop).await? else {
+                    return Ok(TermEnd::Stopped);
+                };
+                let dead = started.sink.dead();
+                let sink: Arc<dyn Sink> = started.sink.clone();
+                observe_sink(&self.telemetry, &sink, &term_stop);
+                let store: Arc<dyn StateStore> = Arc::new(LogStore::new(started.state));
+                (sink, store, started.redaction_key, Some((dead, started.sink)))
+            }
         };
         let term = Term {
             sink,
+            store,
+            redaction_key: Arc::new(redaction_key),
             watching: CancellationToken::new(),
             abort,
             publishers: TaskTracker::new(),
@@ -203,7 +321,19 @@ impl Context {
                 self.clone().start_cluster(cluster, term.clone()),
             ));
         }
-        stop.cancelled().await;
+        let mut end = TermEnd::Stopped;
+        match &dead {
+            Some((dead, txn)) => tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = dead.cancelled() => {
+                    let reason = txn.dead_reason().unwrap_or_default();
+                    tracing::error!(%reason, "kafka state backend: publishing nothing more; stepping down");
+                    term.abort.cancel();
+                    end = TermEnd::Dead(reason);
+                }
+            },
+            None => stop.cancelled().await,
+        }
         if term.abort.is_cancelled() {
             tracing::info!("stopping: publishing nothing more");
         } else {
@@ -223,7 +353,7 @@ impl Context {
             tracing::info!("drained; checkpoints committed");
         }
         self.telemetry.health.clear_streams();
-        Ok(())
+        Ok(end)
     }
 
     /// Leader election: watch only while holding the lease.
@@ -236,7 +366,7 @@ impl Context {
             .and_then(|name| all.iter().find(|c| &c.name == name))
             .unwrap_or(&all[0]);
         let client = cluster::connect(cluster).await?;
-        let mut elector = leader::elect(client, le).await?;
+        let mut elector = leader::elect(client.clone(), le).await?;
         tracing::info!(identity = %elector.identity, lease = %elector.lease, "waiting for leadership");
         self.telemetry.health.set_standby(true);
         loop {
@@ -255,10 +385,27 @@ impl Context {
             let lost = tokio::select! {
                 _ = shutdown.cancelled() => false,
                 _ = elector.until(false) => true,
-                // A term ends on its own only when its sink refuses the configuration.
+                // A term ends on its own when its sink refuses the configuration, or when
+                // the Kafka backend's producer is fenced (another replica leads) or dies.
                 ended = &mut term => {
+                    match ended.expect("the term task does not panic") {
+                        Ok(TermEnd::Dead(reason)) => {
+                            // Step down: give the Lease up (if it is still ours) and stand
+                            // by again, competing anew.
+                            tracing::warn!(identity = %elector.identity, %reason, "stepping down: this replica publishes nothing more until it leads again");
+                            self.telemetry.health.set_standby(true);
+                            elector.release().await;
+                            if shutdown.is_cancelled() {
+                                return Ok(());
+                            }
+                            elector = leader::elect(client.clone(), le).await?;
+                            continue;
+                        }
+                        Ok(TermEnd::Stopped) => Ok(()),
+                        Err(e) => Err(e),
+                    }.map_err(AppError::from)?;
                     elector.release().await;
-                    return ended.expect("the term task does not panic").map_err(Into::into);
+                    return Ok(());
                 }
             };
             if lost {
@@ -274,6 +421,8 @@ impl Context {
                 elector.release().await;
                 return Err(e.into());
             }
+            // (A producer that died while the term stopped changes nothing: the next term
+            // starts a new one.)
             if !lost {
                 break;
             }

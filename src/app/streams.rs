@@ -207,7 +207,7 @@ impl Context {
     ) -> Result<(), AppError> {
         let id = Arc::new(id);
         let key = id.key();
-        let store = self.store.clone();
+        let store = term.store.clone();
         let checkpoint = tokio::task::spawn_blocking(move || store.load(&key))
             .await
             .expect("checkpoint load task")?;
@@ -216,7 +216,7 @@ impl Context {
             events: rc.events.clone(),
             initial: rc.initial,
         };
-        let transformer = Arc::new(Transformer::new(&rc.transform, self.redaction_key.clone())?);
+        let transformer = Arc::new(Transformer::new(&rc.transform, term.redaction_key.to_vec())?);
         // The resource's own destination, resolved by the sink once for the stream.
         let route = term
             .sink
@@ -236,7 +236,7 @@ impl Context {
             spec,
             sink: term.sink.clone(),
             transformer,
-            store: self.store.clone(),
+            store: term.store.clone(),
             commit_interval: Duration::from_millis(self.config.checkpoint.commit_interval_ms),
             max_in_flight: MAX_IN_FLIGHT,
             route,

@@ -7,20 +7,26 @@
 //! - [`mod@reconcile`]: the pure relist diff (invariant 5);
 //! - [`progress`]: what an acknowledged item does to the checkpoint, and what is
 //!   acknowledged but not committed yet;
-//! - the embedded backend, [`Store`] (a redb file).
+//! - the embedded backend, [`Store`] (a redb file);
+//! - [`mod@log`]: the state log of the Kafka backend (records, rebuild) and its reads,
+//!   [`LogStore`]; the transactional sink writes it (`sink::kafka::txn`).
 
 pub mod index;
+pub mod log;
 pub mod progress;
 pub mod reconcile;
 mod store;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub use index::{Index, IndexEntry, SentEntry};
 pub use progress::{Progress, Uncommitted};
 pub use reconcile::{Reconcile, RelistCounts, RelistPlan, reconcile};
 pub use store::{FORMAT_VERSION, Store};
+
+use log::LogState;
 
 /// Errors of the checkpoint stage.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +143,36 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
 
     /// Applies `batch` to `stream_key` atomically and durably (all or nothing).
     fn commit(&self, stream_key: &str, batch: &CommitBatch) -> Result<(), CheckpointError>;
+}
+
+/// The reads of a log backend (Kafka): the state as read back when the term started, kept
+/// current by each committed transaction. Its writes are the sink's: the state goes in the
+/// transactions of the events it accounts for, so there is nothing to write ahead and
+/// nothing to commit here.
+#[derive(Debug)]
+pub struct LogStore {
+    state: Arc<Mutex<LogState>>,
+}
+
+impl LogStore {
+    /// The store over `state`.
+    pub fn new(state: Arc<Mutex<LogState>>) -> Self {
+        Self { state }
+    }
+}
+
+impl StateStore for LogStore {
+    fn load(&self, stream_key: &str) -> Result<StreamCheckpoint, CheckpointError> {
+        Ok(self.state.lock().unwrap().load(stream_key))
+    }
+
+    fn record_sent(&self, _: &str, _: &[(String, SentEntry)]) -> Result<(), CheckpointError> {
+        Ok(())
+    }
+
+    fn commit(&self, _: &str, _: &CommitBatch) -> Result<(), CheckpointError> {
+        Ok(())
+    }
 }
 
 /// Reads the Secret redaction key from `path`, creating it (32 random bytes, hex, mode

@@ -31,15 +31,7 @@ pub async fn elect(
     client: kube::Client,
     cfg: &LeaderElectionConfig,
 ) -> Result<Elector, LeaseManagerError> {
-    let namespace = cfg
-        .lease_namespace
-        .clone()
-        .or_else(|| {
-            std::env::var("POD_NAMESPACE")
-                .ok()
-                .filter(|n| !n.is_empty())
-        })
-        .unwrap_or_else(|| "default".into());
+    let namespace = cfg.namespace();
     let identity = identity(cfg);
     let manager = LeaseManagerBuilder::new(client, &cfg.lease_name)
         .with_namespace(&namespace)

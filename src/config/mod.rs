@@ -463,30 +463,141 @@ impl Default for TransformConfig {
     }
 }
 
-/// The embedded checkpoint store.
+/// Where each stream's checkpoint (resourceVersion and uid index) lives: the state backend
+/// and its settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct CheckpointConfig {
-    /// The store file, one for all streams; its directory is created. Default:
+    /// The state backend: `auto` (default), `embedded` or `kafka`. `auto` is `kafka` with
+    /// the Kafka sink and `embedded` with every other sink.
+    pub backend: StateBackend,
+    /// The embedded store file, one for all streams; its directory is created. Default:
     /// `.kubewire/checkpoint.redb` (relative to the working directory). Only one kubewire
     /// may use it at a time.
     pub path: PathBuf,
-    /// How often acknowledged progress is committed to the store, in milliseconds (> 0).
-    /// Default: 500. A crash replays at most this much (duplicates, never loss).
+    /// How often acknowledged progress is committed to the embedded store, in milliseconds
+    /// (> 0). Default: 500. A crash replays at most this much (duplicates, never loss).
     pub commit_interval_ms: u64,
-    /// File holding the key for the Secret redaction HMAC. Omitted: a random key is
-    /// generated and kept next to the checkpoint store, so markers are stable across
-    /// restarts.
+    /// File holding the key for the Secret redaction HMAC. Omitted: with the embedded
+    /// backend a random key is generated and kept next to the store; with the Kafka backend
+    /// the key is kept in the state topic, so every replica uses the same one.
     pub redaction_key_path: Option<PathBuf>,
+    /// The Kafka backend's settings (`backend: kafka`).
+    pub kafka: KafkaStateConfig,
+}
+
+/// `checkpoint.backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// `kafka` with the Kafka sink, `embedded` otherwise.
+    #[default]
+    Auto,
+    /// The redb file at `checkpoint.path`.
+    Embedded,
+    /// A compacted state topic, written in the same transactions as the events.
+    Kafka,
+}
+
+impl StateBackend {
+    /// `auto` resolved for `sink`.
+    pub fn resolve(self, sink: &SinkConfig) -> StateBackend {
+        match (self, sink) {
+            (StateBackend::Auto, SinkConfig::Kafka(_)) => StateBackend::Kafka,
+            (StateBackend::Auto, _) => StateBackend::Embedded,
+            (b, _) => b,
+        }
+    }
+
+    /// The name, as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateBackend::Auto => "auto",
+            StateBackend::Embedded => "embedded",
+            StateBackend::Kafka => "kafka",
+        }
+    }
+}
+
+/// `checkpoint.kafka`: the state topic and the transactions of the Kafka backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct KafkaStateConfig {
+    /// The compacted topic holding every stream's state. Default: `kubewire-state`. Created
+    /// (one partition, `cleanup.policy=compact`) when missing.
+    pub state_topic: String,
+    /// Replication factor of the state topic when kubewire creates it. Default: the
+    /// sink's `createTopics.replicationFactor`.
+    pub replication_factor: Option<i32>,
+    /// The producer's `transactional.id`, the same for every replica of one deployment (a
+    /// new leader's producer fences the old one with it). Default:
+    /// `kubewire-<leaseNamespace>-<leaseName>` under leader election, else
+    /// `kubewire-<stateTopic>`.
+    pub transactional_id: Option<String>,
+    /// A transaction is committed at most this long after its first event, in milliseconds
+    /// (> 0). Default: 50. Consumers reading `read_committed` see events only at commit:
+    /// this is the latency the transactions add, on top of the commit's own round trips.
+    pub transaction_interval_ms: u64,
+    /// A transaction is committed once it holds this many events (> 0), whatever its age.
+    /// Default: 5000. Bounds what an aborted transaction re-sends and what waits in memory.
+    pub transaction_max_events: usize,
+    /// `transaction.timeout.ms` of the producer (> 0): the broker aborts a transaction
+    /// left open this long (a frozen leader's). Default: 60000.
+    pub transaction_timeout_ms: u64,
+}
+
+impl Default for KafkaStateConfig {
+    fn default() -> Self {
+        Self {
+            state_topic: "kubewire-state".into(),
+            replication_factor: None,
+            transactional_id: None,
+            transaction_interval_ms: 50,
+            transaction_max_events: 5000,
+            transaction_timeout_ms: 60_000,
+        }
+    }
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
         Self {
+            backend: StateBackend::Auto,
             path: PathBuf::from(".kubewire/checkpoint.redb"),
             commit_interval_ms: 500,
             redaction_key_path: None,
+            kafka: KafkaStateConfig::default(),
         }
+    }
+}
+
+impl Config {
+    /// The Kafka backend's `transactional.id`: configured, else derived from the Lease
+    /// (every replica of a deployment competes for the same one), else from the state topic.
+    pub fn transactional_id(&self) -> String {
+        if let Some(id) = &self.checkpoint.kafka.transactional_id {
+            return id.clone();
+        }
+        let le = &self.leader_election;
+        if le.enabled {
+            format!("kubewire-{}-{}", le.namespace(), le.lease_name)
+        } else {
+            format!("kubewire-{}", self.checkpoint.kafka.state_topic)
+        }
+    }
+}
+
+impl LeaderElectionConfig {
+    /// The Lease's namespace: `leaseNamespace`, else `$POD_NAMESPACE`, else `default`.
+    pub fn namespace(&self) -> String {
+        self.lease_namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
+            .unwrap_or_else(|| "default".into())
     }
 }
 

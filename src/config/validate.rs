@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::resource_ref::is_dns_label;
-use super::{Config, Problem, ResourceRef, SinkConfig};
+use super::{Config, Problem, ResourceRef, SinkConfig, StateBackend};
 use crate::sink::check_topic_template;
 
 impl Config {
@@ -317,6 +317,43 @@ impl Config {
             p.add(
                 "checkpoint.redactionKeyPath",
                 "must not be empty; omit it for a generated key",
+            );
+        }
+        if c.backend == StateBackend::Kafka && !matches!(self.sink, SinkConfig::Kafka(_)) {
+            p.add(
+                "checkpoint.backend",
+                format!(
+                    "kafka keeps the state in the Kafka cluster the events go to, but sink.type is {}; use embedded (or auto)",
+                    self.sink.type_name()
+                ),
+            );
+        }
+        let k = &c.kafka;
+        if let Err(e) = crate::sink::kafka::config::check_topic_name(&k.state_topic) {
+            p.add("checkpoint.kafka.stateTopic", e);
+        }
+        if k.replication_factor.is_some_and(|r| r <= 0) {
+            p.add("checkpoint.kafka.replicationFactor", "must be greater than 0");
+        }
+        if k.transactional_id.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            p.add(
+                "checkpoint.kafka.transactionalId",
+                "must not be empty; omit it for the default",
+            );
+        }
+        for (field, zero) in [
+            ("transactionIntervalMs", k.transaction_interval_ms == 0),
+            ("transactionMaxEvents", k.transaction_max_events == 0),
+            ("transactionTimeoutMs", k.transaction_timeout_ms == 0),
+        ] {
+            if zero {
+                p.add(format!("checkpoint.kafka.{field}"), "must be greater than 0");
+            }
+        }
+        if k.transaction_timeout_ms <= k.transaction_interval_ms.saturating_mul(4) {
+            p.add(
+                "checkpoint.kafka.transactionTimeoutMs",
+                "must be well above transactionIntervalMs (at least 4 times): the broker would abort transactions still being filled",
             );
         }
     }

@@ -131,6 +131,8 @@ impl Publisher {
         let mut open = true;
         let mut batch: Vec<Item> = Vec::new();
         let mut failure: Option<PublishError> = None;
+        // The Kafka backend: each item's progress goes with it, in the sink's transaction.
+        let keeps_state = self.sink.keeps_state();
         loop {
             let room = self
                 .max_in_flight
@@ -155,13 +157,13 @@ impl Publisher {
                 n = rx.recv_many(&mut batch, room), if open && room > 0 => {
                     if n == 0 {
                         open = false;
-                    } else if let Err(e) = self.write_ahead(&stream_key, &batch).await {
+                    } else if let Err(e) = self.write_ahead(&stream_key, &batch, keeps_state).await {
                         // Not handed over: the stream stops behind what is already out.
                         failure = Some(e);
                         break;
                     } else {
                         for item in batch.drain(..) {
-                            in_flight.push_back(self.start(item).await);
+                            in_flight.push_back(self.start(item, &stream_key, keeps_state).await);
                         }
                     }
                 }
@@ -191,7 +193,16 @@ impl Publisher {
     /// Records the versions of `items` about to be handed to the sink, durably, before the
     /// hand-over: after a crash they may be downstream without being in the index, and the
     /// relist must know them (see `checkpoint::StreamCheckpoint::in_doubt`).
-    async fn write_ahead(&self, stream_key: &str, items: &[Item]) -> Result<(), PublishError> {
+    async fn write_ahead(
+        &self,
+        stream_key: &str,
+        items: &[Item],
+        keeps_state: bool,
+    ) -> Result<(), PublishError> {
+        if keeps_state {
+            // Events and their state commit together: nothing can be downstream unknown.
+            return Ok(());
+        }
         let sent: Vec<(String, SentEntry)> = items
             .iter()
             .filter_map(|item| match item {
@@ -221,12 +232,14 @@ impl Publisher {
     }
 
     /// Starts one item: returns the future of its effect, resolved once the sink settles it.
-    async fn start(&self, item: Item) -> Pending {
+    async fn start(&self, item: Item, stream_key: &str, keeps_state: bool) -> Pending {
         let (mut event, publish, advance, span) = match item {
             Item::Advance(rv) => {
-                return Box::pin(futures::future::ready(Effect::settled(Progress::advance(
-                    rv,
-                ))));
+                let progress = Progress::advance(rv);
+                if keeps_state {
+                    return self.state_only(stream_key, progress).await;
+                }
+                return Box::pin(futures::future::ready(Effect::settled(progress)));
             }
             Item::Event {
                 event,
@@ -237,6 +250,9 @@ impl Publisher {
         };
         let mut effect = Effect::settled(Progress::of(&event, advance));
         if !publish {
+            if keeps_state {
+                return self.state_only(stream_key, effect.progress).await;
+            }
             return Box::pin(futures::future::ready(effect));
         }
         let published = match event.as_ref() {
@@ -267,11 +283,25 @@ impl Publisher {
             otel.status_code = tracing::field::Empty,
             otel.status_description = tracing::field::Empty,
         );
-        let sent = self
-            .sink
-            .send(encoded, &self.route)
-            .instrument(publish_span.clone())
-            .await;
+        // With a sink that keeps the state, the progress travels with the event: stored in
+        // its transaction (kept here too, for an event refused before it was taken).
+        let carried = keeps_state.then(|| std::mem::take(&mut effect.progress));
+        let sent = if let Some(progress) = &carried {
+            self.sink
+                .send_with_state(
+                    Some(encoded),
+                    &self.route,
+                    stream_key,
+                    Some(progress.clone()),
+                )
+                .instrument(publish_span.clone())
+                .await
+        } else {
+            self.sink
+                .send(encoded, &self.route)
+                .instrument(publish_span.clone())
+                .await
+        };
         let ack = match sent {
             Ok(ack) => ack,
             Err(e) => {
@@ -281,6 +311,10 @@ impl Publisher {
                     Delivery::Rejected(e) => {
                         tracing::error!(stream = %self.spec.id, %id, error = %e, "sink refused event");
                         metrics.metrics().sink_error(sink_name, "send");
+                        if let Some(progress) = carried {
+                            // Passed over: its progress still counts.
+                            return self.state_only(stream_key, progress).await;
+                        }
                     }
                     Delivery::Failed(e) => {
                         effect.failed = Some(PublishError::NotDelivered { id, source: e })
@@ -320,6 +354,40 @@ impl Publisher {
             drop(publish_span);
             drop(span);
             effect
+        })
+    }
+
+    /// An item with progress but no event (a bookmark, an unchanged object of a relist)
+    /// for a sink that keeps the state: the progress goes into its transaction alone.
+    async fn state_only(&self, stream_key: &str, progress: Progress) -> Pending {
+        let sent = self
+            .sink
+            .send_with_state(None, &self.route, stream_key, Some(progress))
+            .await;
+        let ack = match sent {
+            Ok(ack) => ack,
+            Err(e) => {
+                return Box::pin(futures::future::ready(Effect {
+                    progress: Progress::default(),
+                    published: None,
+                    failed: Some(PublishError::NotDelivered {
+                        id: format!("{stream_key} (state)"),
+                        source: e,
+                    }),
+                }));
+            }
+        };
+        let stream_key = stream_key.to_owned();
+        Box::pin(async move {
+            let failed = ack.await.err().map(|e| PublishError::NotDelivered {
+                id: format!("{stream_key} (state)"),
+                source: e,
+            });
+            Effect {
+                progress: Progress::default(),
+                published: None,
+                failed,
+            }
         })
     }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 pub use lines::LinesSink;
 
+use crate::checkpoint::Progress;
 use crate::envelope::Encoded;
 use crate::envelope::template::Template;
 use serde::{Deserialize, Serialize};
@@ -124,6 +125,32 @@ pub trait Sink: Send + Sync {
     /// Hands one event of a stream to the sink, along the stream's `route`. Waits while the
     /// sink is full; never drops.
     fn send<'a>(&'a self, msg: Encoded, route: &'a Route) -> SendFuture<'a>;
+
+    /// Hands one item of a stream to a sink that keeps the stream state itself
+    /// ([`Self::keeps_state`]: the Kafka state backend): its event, if it has one, and
+    /// the `progress` it implies for `stream`'s checkpoint, stored in the same transaction
+    /// as the event. The acknowledgement resolves when both are stored.
+    fn send_with_state<'a>(
+        &'a self,
+        msg: Option<Encoded>,
+        route: &'a Route,
+        stream: &'a str,
+        progress: Option<Progress>,
+    ) -> SendFuture<'a> {
+        let _ = (msg, route, stream, progress);
+        Box::pin(async {
+            Err(SinkError::Config(format!(
+                "the {} sink does not keep stream state",
+                self.name()
+            )))
+        })
+    }
+
+    /// Whether this sink stores each stream's checkpoint with its events
+    /// ([`Self::send_with_state`]) instead of a separate store after acknowledgement.
+    fn keeps_state(&self) -> bool {
+        false
+    }
 
     /// Resolves a stream's route once, at its start. `destination` is the resource's own
     /// destination template for this sink, if it has one (`resources[].kafka.topic`); a

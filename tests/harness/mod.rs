@@ -68,6 +68,7 @@ pub struct Builder {
     kubeconfig: Option<String>,
     resources: String,
     sink: Option<String>,
+    checkpoint: String,
     extra: String,
 }
 
@@ -103,6 +104,14 @@ impl Builder {
         self
     }
 
+    /// One more field of the `checkpoint:` block, e.g. `"backend: embedded"` or
+    /// `"kafka: {stateTopic: shared}"`. With a Kafka sink and no `kafka:` field here, the
+    /// Kafka backend gets a state topic of this kubewire's own.
+    pub fn checkpoint(mut self, field: &str) -> Self {
+        self.checkpoint += &format!("  {field}\n");
+        self
+    }
+
     /// Escape hatch: extra top-level YAML (e.g. a `clusters:` block), newline-terminated.
     pub fn extra_yaml(mut self, yaml: &str) -> Self {
         self.extra += yaml;
@@ -133,10 +142,19 @@ impl Builder {
         );
         let sink = self.sink.as_deref().unwrap_or(&file_sink);
         let admin = free_loopback_address();
+        let mut checkpoint = self.checkpoint;
+        if sink.contains("type: kafka") && !checkpoint.contains("kafka:") {
+            // Tests run side by side: each kubewire its own state topic (and so its own
+            // transactional id), unless it shares one on purpose.
+            checkpoint += &format!(
+                "  kafka:\n    stateTopic: {}\n",
+                common::unique_name("kw-state")
+            );
+        }
         let config = format!(
             "resources:\n{resources}\n\
              {sink}\
-             checkpoint:\n  path: {cp}\n  commitIntervalMs: 100\n\
+             checkpoint:\n  path: {cp}\n  commitIntervalMs: 100\n{checkpoint}\
              log:\n  format: json\n  level: info,kubewire=debug\n\
              admin:\n  address: {admin}\n{extra}",
             resources = self.resources,
@@ -172,6 +190,7 @@ impl Kubewire {
             kubeconfig: None,
             resources: String::new(),
             sink: None,
+            checkpoint: String::new(),
             extra: String::new(),
         }
     }
@@ -229,6 +248,36 @@ impl Kubewire {
 
     fn log_path(&self, run: u32) -> PathBuf {
         self.dir.join(format!("kubewire-{run}.log"))
+    }
+
+    /// Waits (up to `secs`) for the process to exit on its own; returns its status.
+    pub async fn wait_exit(&mut self, secs: u64) -> ExitStatus {
+        let mut child = self.child.take().expect("kubewire not running");
+        common::within(secs, "kubewire to exit", async {
+            loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+    }
+
+    /// The whole log of run `run`, as text.
+    pub fn log_text(&self, run: u32) -> String {
+        std::fs::read_to_string(self.log_path(run)).unwrap_or_default()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("kubewire not running");
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} failed");
     }
 
     /// SIGTERM, then wait for the process to exit; returns its status.

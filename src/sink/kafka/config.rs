@@ -411,3 +411,22 @@ pub fn check_topic_template(topic: &str, at: &str, add: &mut dyn FnMut(String, S
         }
     }
 }
+
+/// A fixed topic name (no placeholders), e.g. the state topic: the message says what is
+/// wrong with it.
+pub fn check_topic_name(topic: &str) -> Result<(), String> {
+    let bad: String = topic.chars().filter(|c| !topic_char(*c)).collect();
+    if topic.is_empty() {
+        Err("must not be empty".into())
+    } else if topic == "." || topic == ".." {
+        Err(format!("{topic:?} is not a valid topic name"))
+    } else if !bad.is_empty() {
+        Err(format!(
+            "{topic:?} has characters a Kafka topic may not contain: {bad:?} (letters, digits, '.', '_' and '-' only)"
+        ))
+    } else if topic.len() > MAX_TOPIC_LEN {
+        Err(format!("is longer than {MAX_TOPIC_LEN} characters"))
+    } else {
+        Ok(())
+    }
+}

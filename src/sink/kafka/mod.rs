@@ -19,6 +19,7 @@ mod client;
 pub mod config;
 mod delivery;
 mod topics;
+pub mod txn;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -82,47 +83,40 @@ impl Drop for KafkaSink {
 
 struct Inner {
     producer: ThreadedProducer<Context>,
+    records: Records,
+    /// Whether librdkafka refuses new records (logged once per episode).
+    refusing: AtomicBool,
+}
+
+/// From an encoded event to the record(s) to produce: topic, key, headers, the size check.
+/// Shared by the idempotent producer and the transactional one ([`txn`]).
+struct Records {
     topics: Topics,
     topic: Template,
-    /// Parsed per-resource topic templates, by their text.
     key: Option<Template>,
     tombstones: bool,
     on_oversize: OnOversize,
     /// The producer's `message.max.bytes`.
     producer_max_bytes: usize,
-    /// Whether librdkafka refuses new records (logged once per episode).
-    refusing: AtomicBool,
 }
 
-impl KafkaSink {
-    /// Builds the producer. A fixed topic (no placeholders) is checked now: missing (and not
-    /// to be created) is an error; unreachable brokers are not (the sink waits for them).
-    pub async fn new(cfg: &KafkaSinkConfig) -> Result<Self, SinkError> {
-        let env = |name: &str| std::env::var(name).ok();
-        let (client_config, producer_max_bytes) = client::producer_config(cfg, &env)?;
-        let unavailable = |e: KafkaError| SinkError::Config(format!("kafka producer: {e}"));
-        let producer =
-            ThreadedProducer::from_config_and_context(&client_config, Context::default())
-                .map_err(unavailable)?;
+impl Records {
+    /// The admin client (for topic look-ups) and the templates of `cfg`; the producer's
+    /// `message.max.bytes` is the size limit beside each topic's own.
+    fn new(
+        cfg: &KafkaSinkConfig,
+        client_config: &rdkafka::ClientConfig,
+        producer_max_bytes: usize,
+    ) -> Result<Self, SinkError> {
+        let unavailable = |e: KafkaError| SinkError::Config(format!("kafka admin client: {e}"));
         // A clone, not a copy of `config_map()`: that one masks secrets such as
         // `sasl.password`, and the admin client then fails to authenticate (regression:
         // tests/kafka_sink.rs sasl_plain_authenticates_and_a_wrong_password_is_a_clear_error).
-        let mut admin_config = client_config.clone();
-        let producer_only: Vec<String> = admin_config
-            .config_map()
-            .into_keys()
-            .filter(|k| is_producer_only(k))
-            .map(str::to_owned)
-            .collect();
-        for k in &producer_only {
-            // Producer-only settings would only earn warnings from the admin client.
-            admin_config.remove(k);
-        }
+        let admin_config = without_producer_settings(client_config);
         let admin = AdminClient::from_config_and_context(&admin_config, QuietContext)
             .map_err(unavailable)?;
         let bad = |what: &str, e| SinkError::Config(format!("{what}: {e}"));
-        let inner = Inner {
-            producer,
+        Ok(Records {
             topics: Topics::new(admin, cfg.create_topics.clone()),
             topic: Template::parse(&cfg.topic, Placeholder::STREAM)
                 .map_err(|e| bad("sink.topic", e))?,
@@ -135,26 +129,63 @@ impl KafkaSink {
             tombstones: cfg.tombstones,
             on_oversize: cfg.on_oversize,
             producer_max_bytes,
-            refusing: AtomicBool::new(false),
+        })
+    }
+
+    /// A fixed topic (no placeholders) is looked up now: missing (and not to be created)
+    /// is an error; unreachable brokers are not (the sink waits for them).
+    async fn check_static_topic(&self, brokers: &str) -> Result<(), SinkError> {
+        let Some(topic) = self.topic.as_static() else {
+            return Ok(());
         };
-        if let Some(topic) = inner.topic.as_static() {
-            match tokio::time::timeout(STARTUP_LOOKUP, inner.topics.lookup(topic)).await {
-                Ok(Lookup::Exists(_)) => {}
-                Ok(Lookup::Missing) => {
-                    return Err(SinkError::MissingTopic {
-                        sink: "kafka",
-                        topic: topic.to_owned(),
-                    });
-                }
-                Ok(Lookup::Unreachable(e)) => {
-                    tracing::warn!(brokers = %cfg.brokers, %topic, error = %e, "kafka brokers unreachable at start-up; events wait for them");
-                }
-                Err(_) => {
-                    tracing::warn!(brokers = %cfg.brokers, %topic, "kafka brokers did not answer at start-up; events wait for them");
-                }
+        match tokio::time::timeout(STARTUP_LOOKUP, self.topics.lookup(topic)).await {
+            Ok(Lookup::Exists(_)) => {}
+            Ok(Lookup::Missing) => {
+                return Err(SinkError::MissingTopic {
+                    sink: "kafka",
+                    topic: topic.to_owned(),
+                });
+            }
+            Ok(Lookup::Unreachable(e)) => {
+                tracing::warn!(%brokers, %topic, error = %e, "kafka brokers unreachable at start-up; events wait for them");
+            }
+            Err(_) => {
+                tracing::warn!(%brokers, %topic, "kafka brokers did not answer at start-up; events wait for them");
             }
         }
-        tracing::info!(brokers = %cfg.brokers, topic = %inner.topic, "kafka sink ready");
+        Ok(())
+    }
+
+    /// The tombstone that follows a Deleted event's record when `tombstones` is on.
+    fn tombstone_for(&self, out: &Out) -> Option<Out> {
+        (self.tombstones && out.deleted).then(|| Out {
+            topic: out.topic.clone(),
+            key: out.key.clone(),
+            payload: None,
+            headers: None,
+            deleted: false,
+        })
+    }
+}
+
+impl KafkaSink {
+    /// Builds the producer. A fixed topic (no placeholders) is checked now: missing (and not
+    /// to be created) is an error; unreachable brokers are not (the sink waits for them).
+    pub async fn new(cfg: &KafkaSinkConfig) -> Result<Self, SinkError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let (client_config, producer_max_bytes) = client::producer_config(cfg, &env)?;
+        let unavailable = |e: KafkaError| SinkError::Config(format!("kafka producer: {e}"));
+        let producer =
+            ThreadedProducer::from_config_and_context(&client_config, Context::default())
+                .map_err(unavailable)?;
+        let records = Records::new(cfg, &client_config, producer_max_bytes)?;
+        records.check_static_topic(&cfg.brokers).await?;
+        let inner = Inner {
+            producer,
+            records,
+            refusing: AtomicBool::new(false),
+        };
+        tracing::info!(brokers = %cfg.brokers, topic = %inner.records.topic, "kafka sink ready");
         let inner = Arc::new(inner);
         let tasks = vec![
             tokio::spawn(resender(inner.clone())).abort_handle(),
@@ -162,6 +193,34 @@ impl KafkaSink {
         ];
         Ok(Self { inner, tasks })
     }
+}
+
+/// `client` without the producer's own settings: for the admin client and the state
+/// reader (they would only earn warnings there).
+fn without_producer_settings(client: &rdkafka::ClientConfig) -> rdkafka::ClientConfig {
+    let mut c = client.clone();
+    let producer_only: Vec<String> = c
+        .config_map()
+        .into_keys()
+        .filter(|k| is_producer_only(k))
+        .map(str::to_owned)
+        .collect();
+    for k in &producer_only {
+        c.remove(k);
+    }
+    c
+}
+
+/// A stream's route: its resource's own topic template, parsed once.
+fn route(destination: Option<&str>) -> Result<Route, SinkError> {
+    let topic = destination
+        .map(|text| {
+            Template::parse(text, Placeholder::STREAM)
+                .map(Arc::new)
+                .map_err(|e| SinkError::Config(format!("resources[].kafka.topic {text:?}: {e}")))
+        })
+        .transpose()?;
+    Ok(Route { topic })
 }
 
 fn is_producer_only(prop: &str) -> bool {
@@ -179,6 +238,8 @@ fn is_producer_only(prop: &str) -> bool {
             | "queue.buffering.max.messages"
             | "queue.buffering.max.kbytes"
             | "statistics.interval.ms"
+            | "transactional.id"
+            | "transaction.timeout.ms"
     )
 }
 
@@ -186,16 +247,9 @@ impl Sink for KafkaSink {
     fn send<'a>(&'a self, msg: Encoded, route: &'a Route) -> SendFuture<'a> {
         Box::pin(async move {
             let inner = &self.inner;
-            let out = inner.prepare(msg, route).await?;
+            let out = inner.records.prepare(msg, route).await?;
             let mut pending = vec![inner.produce(&out).await?];
-            if inner.tombstones && out.deleted {
-                let tombstone = Out {
-                    topic: out.topic.clone(),
-                    key: out.key.clone(),
-                    payload: None,
-                    headers: None,
-                    deleted: false,
-                };
+            if let Some(tombstone) = inner.records.tombstone_for(&out) {
                 pending.push(inner.produce(&tombstone).await?);
             }
             let ack: Ack = Box::pin(async move {
@@ -210,16 +264,7 @@ impl Sink for KafkaSink {
     }
 
     fn route(&self, destination: Option<&str>) -> Result<Route, SinkError> {
-        let topic = destination
-            .map(|text| {
-                Template::parse(text, Placeholder::STREAM)
-                    .map(Arc::new)
-                    .map_err(|e| {
-                        SinkError::Config(format!("resources[].kafka.topic {text:?}: {e}"))
-                    })
-            })
-            .transpose()?;
-        Ok(Route { topic })
+        route(destination)
     }
 
     fn name(&self) -> &'static str {
@@ -334,7 +379,9 @@ impl Inner {
     fn context(&self) -> &Context {
         self.producer.context()
     }
+}
 
+impl Records {
     /// Topic, key, headers and the size check: the record for `msg`, or its oversize
     /// replacement.
     async fn prepare(&self, msg: Encoded, route: &Route) -> Result<Out, SinkError> {
@@ -384,7 +431,9 @@ impl Inner {
         tracing::error!(%id, %subject, topic = %out.topic, size, limit, "event too large for its kafka topic; published an {OVERSIZE_TYPE} event in its place");
         Ok(oversize_replacement(out, size, limit))
     }
+}
 
+impl Inner {
     /// Produces a new record, waiting while the producer queue is full or a recovery
     /// episode holds new records back. The receiver resolves on delivery.
     async fn produce(
@@ -495,7 +544,7 @@ impl Inner {
                 // fail` this waits for ever, holding every stream (not only this one) behind
                 // the gate: order first; the log names the event.
                 let size = out.size();
-                out = self.oversize(out, size, size.saturating_sub(1)).await?;
+                out = self.records.oversize(out, size, size.saturating_sub(1)).await?;
             }
             if let Err((e, done)) = self.send_waiting(&out, Some(seq), done).await {
                 // The topic is usually still missing: said once per episode (the stall watch
@@ -618,7 +667,7 @@ async fn stall_watch(inner: Arc<Inner>) {
         }
         let stalled = ctx.order.lock().unwrap().stalled(STALL);
         for (topic, waiting) in stalled {
-            match inner.topics.recheck(&topic).await {
+            match inner.records.topics.recheck(&topic).await {
                 Lookup::Missing => ctx.topic_down(
                     &topic,
                     format!(
@@ -841,7 +890,8 @@ fn log_quietly(level: RDKafkaLogLevel, fac: &str, message: &str) {
     }
 }
 
-/// The admin client's context: logs like the producer's, errors only at debug.
+/// The admin client's and the state reader's context: logs like the producer's, errors
+/// only at debug.
 pub struct QuietContext;
 
 impl ClientContext for QuietContext {
@@ -853,6 +903,9 @@ impl ClientContext for QuietContext {
         tracing::debug!(target: "librdkafka", error = %error, %reason, "kafka admin client error");
     }
 }
+
+/// The state reader (`txn`) is a consumer with the admin client's quiet logs.
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::QuietContext;
 use super::config::CreateTopicsConfig;
+use crate::sink::SinkError;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(5);
@@ -20,6 +21,8 @@ const RETRY: Duration = Duration::from_secs(5);
 pub struct TopicInfo {
     /// The topic's `max.message.bytes`, if the broker said.
     pub max_message_bytes: Option<usize>,
+    /// The topic's `cleanup.policy`, if the broker said.
+    pub cleanup_policy: Option<String>,
 }
 
 /// The result of one look-up.
@@ -151,6 +154,9 @@ impl Topics {
                         .get("max.message.bytes")
                         .and_then(|e| e.value.as_deref())
                         .and_then(|v| v.parse().ok()),
+                    cleanup_policy: resource
+                        .get("cleanup.policy")
+                        .and_then(|e| e.value.clone()),
                 })),
                 Some(Err(
                     RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
@@ -165,21 +171,73 @@ impl Topics {
         }
     }
 
+    /// The state topic of the Kafka backend: created when missing (one partition,
+    /// `cleanup.policy=compact`); an existing one must be compacted, or the state would
+    /// expire with the retention. The error names the topic and what to change.
+    pub async fn ensure_state_topic(
+        &self,
+        topic: &str,
+        replication_factor: i32,
+    ) -> Result<(), SinkError> {
+        let mut created = false;
+        loop {
+            match self.describe(topic).await {
+                Lookup::Exists(info) => {
+                    let policy = info.cleanup_policy.as_deref().unwrap_or("");
+                    if !policy.split(',').any(|p| p.trim() == "compact") {
+                        return Err(SinkError::Destination(format!(
+                            "kafka state topic {topic} has cleanup.policy={policy}: the state would expire with the retention; set cleanup.policy=compact on it, or use another checkpoint.kafka.stateTopic"
+                        )));
+                    }
+                    return Ok(());
+                }
+                Lookup::Missing if !created => {
+                    self.create_with(topic, 1, replication_factor, "compact")
+                        .await
+                        .map_err(|e| {
+                            SinkError::Destination(format!(
+                                "{e}: kubewire needs the ACL Create on it (or create it with one partition and cleanup.policy=compact)"
+                            ))
+                        })?;
+                    created = true;
+                }
+                // Created, but the metadata does not show it yet.
+                Lookup::Missing => tokio::time::sleep(Duration::from_millis(200)).await,
+                Lookup::Unreachable(e) => {
+                    return Err(SinkError::Connect(format!(
+                        "cannot connect to kafka to look up the state topic {topic}: {e}"
+                    )));
+                }
+            }
+        }
+    }
+
     async fn create(&self, topic: &str) -> Result<(), String> {
         let c = &self.create;
+        self.create_with(topic, c.partitions, c.replication_factor, &c.cleanup_policy)
+            .await
+    }
+
+    async fn create_with(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i32,
+        cleanup_policy: &str,
+    ) -> Result<(), String> {
         let new = NewTopic::new(
             topic,
-            c.partitions,
-            TopicReplication::Fixed(c.replication_factor),
+            partitions,
+            TopicReplication::Fixed(replication_factor),
         )
-        .set("cleanup.policy", &c.cleanup_policy);
+        .set("cleanup.policy", cleanup_policy);
         let opts = AdminOptions::new()
             .request_timeout(Some(ADMIN_TIMEOUT))
             .operation_timeout(Some(ADMIN_TIMEOUT));
         match self.admin.create_topics(&[new], &opts).await {
             Ok(mut r) => match r.pop() {
                 Some(Ok(_)) => {
-                    tracing::info!(%topic, partitions = c.partitions, replication_factor = c.replication_factor, cleanup_policy = %c.cleanup_policy, "created kafka topic");
+                    tracing::info!(%topic, partitions, replication_factor, %cleanup_policy, "created kafka topic");
                     Ok(())
                 }
                 Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(()),
