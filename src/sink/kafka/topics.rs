@@ -33,6 +33,17 @@ pub enum Lookup {
     Unreachable(String),
 }
 
+impl Lookup {
+    /// The outcome's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Lookup::Exists(_) => "exists",
+            Lookup::Missing => "missing",
+            Lookup::Unreachable(_) => "unreachable",
+        }
+    }
+}
+
 pub struct Topics {
     admin: Arc<AdminClient<QuietContext>>,
     create: CreateTopicsConfig,
@@ -181,7 +192,9 @@ impl Topics {
     ) -> Result<(), SinkError> {
         let mut created = false;
         loop {
-            match self.describe(topic).await {
+            let lookup = self.describe(topic).await;
+            tracing::debug!(%topic, lookup = lookup.kind(), "kafka state topic looked up");
+            match lookup {
                 Lookup::Exists(info) => {
                     let policy = info.cleanup_policy.as_deref().unwrap_or("");
                     if !policy.split(',').any(|p| p.trim() == "compact") {

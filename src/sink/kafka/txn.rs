@@ -217,17 +217,24 @@ impl TxnSink {
             // that times out fails its transaction, which is then aborted and re-sent.
             .set("message.timeout.ms", &timeout_ms);
         let records = Records::new(cfg, &client_config, producer_max_bytes)?;
-        records
-            .topics
-            .ensure_state_topic(&settings.state_topic, settings.replication_factor)
-            .await?;
-        records.check_static_topic(&cfg.brokers).await?;
+        // The producer first: it connects at once, and its error callback is where an
+        // authentication failure shows (the admin client's errors are quiet).
         let producer = ThreadedProducer::from_config_and_context(
             &client_config,
             TxnContext::default(),
         )
         .map_err(|e| SinkError::Config(format!("kafka transactional producer: {e}")))?;
         let producer = Arc::new(producer);
+        let why = |e: SinkError| match (&e, producer.context().down.lock().unwrap().as_ref()) {
+            (SinkError::Connect(text), Some(down)) => SinkError::Connect(format!("{text} ({down})")),
+            _ => e,
+        };
+        records
+            .topics
+            .ensure_state_topic(&settings.state_topic, settings.replication_factor)
+            .await
+            .map_err(why)?;
+        records.check_static_topic(&cfg.brokers).await?;
         let id = settings.transactional_id.clone();
         {
             let p = producer.clone();
@@ -235,7 +242,7 @@ impl TxnSink {
             tokio::task::spawn_blocking(move || p.init_transactions(timeout))
                 .await
                 .map_err(|e| SinkError::Config(format!("init_transactions task: {e}")))?
-                .map_err(|e| init_error(&e, &id))?;
+                .map_err(|e| why(init_error(&e, &id)))?;
         }
         tracing::info!(transactional_id = %id, "kafka transactions initialised: any previous producer with this id is fenced");
         let consumer_config = without_producer_settings(&client_config);
@@ -849,7 +856,7 @@ impl ClientContext for TxnContext {
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 let mut down = self.down.lock().unwrap();
                 if down.is_none() {
-                    tracing::error!(%reason, "kafka sink down: the open transaction waits; then the watch loops pause");
+                    tracing::error!(%reason, "kafka sink down: events wait in the producer queue (bounded), then the watch loops pause");
                     *down = Some(format!(
                         "all kafka brokers down: {reason} (since {})",
                         super::since_now()
