@@ -376,11 +376,15 @@ async fn state(action: StateAction) -> ExitCode {
                 }
             }
             if chosen.is_empty() {
-                eprintln!("kubewire state reset: name streams with --stream KEY, or pass --orphaned (see kubewire state show)");
+                eprintln!(
+                    "kubewire state reset: name streams with --stream KEY, or pass --orphaned (see kubewire state show)"
+                );
                 return ExitCode::from(if orphaned { 0 } else { EXIT_CONFIG });
             }
             if !yes && !confirm(&chosen) {
-                eprintln!("kubewire state reset: not confirmed; nothing changed (--yes skips the question)");
+                eprintln!(
+                    "kubewire state reset: not confirmed; nothing changed (--yes skips the question)"
+                );
                 return ExitCode::from(EXIT_CONFIG);
             }
             match app::state::remove(&config, &chosen).await {

@@ -494,4 +494,3 @@ async fn sasl_plain_authenticates_and_a_wrong_password_is_a_clear_error() {
         "{body}"
     );
 }
-

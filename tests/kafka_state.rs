@@ -33,6 +33,7 @@ fn replica(dir: &std::path::Path, s: &Scene, topic: &str, state: &str, id: &str)
     Kubewire::builder(dir)
         .watch("configmaps", &[&s.ns])
         .sink_yaml(&sink_yaml(topic, ""))
+        .checkpoint("backend: kafka")
         .checkpoint(&format!("kafka: {{stateTopic: {state}}}"))
         .extra_yaml(&format!(
             "leaderElection:\n  enabled: true\n  leaseName: kubewire-test\n  leaseNamespace: {}\n  \
@@ -123,7 +124,11 @@ async fn assert_exactly_once(s: &Scene, reader: &mut Reader, objects: usize) {
     );
     let by_origin = origins(&events);
     assert_eq!(by_origin.get("relist"), None, "no relist: {by_origin:?}");
-    assert_eq!(by_origin.get("marker"), None, "no relist marker: {by_origin:?}");
+    assert_eq!(
+        by_origin.get("marker"),
+        None,
+        "no relist marker: {by_origin:?}"
+    );
     // No snapshot re-sent: whichever way each object first arrived (in the first leader's
     // snapshot, or by its watch), nobody announced it a second time.
     let mut added: HashMap<&str, usize> = HashMap::new();
@@ -169,7 +174,9 @@ async fn handover(prefix: &str, how: Handover) {
     // Mid-churn: after some changes have been published.
     let before = reader.poll().len();
     reader
-        .wait(60, "changes flow before the handover", |r| r.len() > before + 100)
+        .wait(60, "changes flow before the handover", |r| {
+            r.len() > before + 100
+        })
         .await;
     let handed = Instant::now();
     match how {
@@ -196,7 +203,8 @@ async fn handover(prefix: &str, how: Handover) {
     let writes = churn.stop().await;
     assert_exactly_once(&s, &mut reader, N as usize).await;
     assert!(
-        a.log_messages(1, "lost leadership: stopping streams").is_empty(),
+        a.log_messages(1, "lost leadership: stopping streams")
+            .is_empty(),
         "the first leader lost its Lease before the handover (a renewal missed under load): the test proves nothing"
     );
     assert!(
@@ -271,11 +279,22 @@ async fn a_frozen_leader_is_fenced_and_nothing_it_produces_after_the_takeover_is
     // Thawed: it wakes with its open transaction and events in hand, still believing
     // it leads.
     a.signal("CONT");
-    common::eventually(60, "the old leader says it was fenced or lost the Lease", || {
-        let fenced = !a.log_messages(1, "stepping down: this replica publishes nothing more until it leads again").is_empty()
-            || !a.log_messages(1, "lost leadership: stopping streams").is_empty();
-        std::future::ready(fenced.then_some(()))
-    })
+    common::eventually(
+        60,
+        "the old leader says it was fenced or lost the Lease",
+        || {
+            let fenced = !a
+                .log_messages(
+                    1,
+                    "stepping down: this replica publishes nothing more until it leads again",
+                )
+                .is_empty()
+                || !a
+                    .log_messages(1, "lost leadership: stopping streams")
+                    .is_empty();
+            std::future::ready(fenced.then_some(()))
+        },
+    )
     .await;
     let writes = churn.stop().await;
     assert_exactly_once(&s, &mut reader, N as usize).await;
@@ -302,6 +321,7 @@ async fn repeated_kill9_during_churn_gives_a_read_committed_consumer_every_chang
         .kubewire()
         .watch("configmaps", &[&s.ns])
         .sink_yaml(&sink_yaml(&topic, ""))
+        .checkpoint("backend: kafka")
         .start();
     let mut reader = Reader::new(&topic).await;
     reader
@@ -351,13 +371,16 @@ async fn a_state_topic_that_is_not_compacted_is_a_clear_start_up_error() {
         .kubewire()
         .watch("configmaps", &[&s.ns])
         .sink_yaml(&sink_yaml(&topic, ""))
+        .checkpoint("backend: kafka")
         .checkpoint(&format!("kafka: {{stateTopic: {state}}}"))
         .start();
     let status = kw.wait_exit(60).await;
     assert_eq!(status.code(), Some(1), "exit 1");
     let log = kw.log_text(1);
     assert!(
-        log.contains(&format!("kafka state topic {state} has cleanup.policy=delete")),
+        log.contains(&format!(
+            "kafka state topic {state} has cleanup.policy=delete"
+        )),
         "{log}"
     );
     assert!(log.contains("set cleanup.policy=compact"), "{log}");

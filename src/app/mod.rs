@@ -304,7 +304,12 @@ impl Context {
                 let sink: Arc<dyn Sink> = started.sink.clone();
                 observe_sink(&self.telemetry, &sink, &term_stop);
                 let store: Arc<dyn StateStore> = Arc::new(LogStore::new(started.state));
-                (sink, store, started.redaction_key, Some((dead, started.sink)))
+                (
+                    sink,
+                    store,
+                    started.redaction_key,
+                    Some((dead, started.sink)),
+                )
             }
         };
         let term = Term {

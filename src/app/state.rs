@@ -95,7 +95,10 @@ async fn read(config: &Config) -> Result<Summary, AppError> {
     match config.checkpoint.backend.resolve(&config.sink) {
         StateBackend::Kafka => {
             let SinkConfig::Kafka(k) = &config.sink else {
-                return Err(SinkError::Config("checkpoint.backend kafka needs sink.type: kafka".into()).into());
+                return Err(SinkError::Config(
+                    "checkpoint.backend kafka needs sink.type: kafka".into(),
+                )
+                .into());
             };
             let topic = config.checkpoint.kafka.state_topic.clone();
             let (state, newest) = txn::read_state_topic(k, &topic).await?;
@@ -138,7 +141,10 @@ async fn configured_streams(
                 let infos = if rc.is_all() {
                     catalog.all_watchable(&rc.excludes())
                 } else {
-                    catalog.resolve_configured(&rc.resource).into_iter().collect()
+                    catalog
+                        .resolve_configured(&rc.resource)
+                        .into_iter()
+                        .collect()
                 };
                 for info in infos {
                     for ns in rc.scopes(info.namespaced) {
@@ -169,7 +175,10 @@ pub async fn remove(config: &Config, streams: &[String]) -> Result<Vec<String>, 
     match config.checkpoint.backend.resolve(&config.sink) {
         StateBackend::Kafka => {
             let SinkConfig::Kafka(k) = &config.sink else {
-                return Err(SinkError::Config("checkpoint.backend kafka needs sink.type: kafka".into()).into());
+                return Err(SinkError::Config(
+                    "checkpoint.backend kafka needs sink.type: kafka".into(),
+                )
+                .into());
             };
             let c = &config.checkpoint.kafka;
             let settings = txn::TxnSettings {

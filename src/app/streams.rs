@@ -216,7 +216,10 @@ impl Context {
             events: rc.events.clone(),
             initial: rc.initial,
         };
-        let transformer = Arc::new(Transformer::new(&rc.transform, term.redaction_key.to_vec())?);
+        let transformer = Arc::new(Transformer::new(
+            &rc.transform,
+            term.redaction_key.to_vec(),
+        )?);
         // The resource's own destination, resolved by the sink once for the stream.
         let route = term
             .sink

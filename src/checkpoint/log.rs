@@ -77,7 +77,8 @@ impl LogKey {
     /// Parses a record key.
     pub fn decode(bytes: &[u8]) -> Result<LogKey, LogError> {
         let text = || String::from_utf8_lossy(bytes).into_owned();
-        let parts: Vec<String> = serde_json::from_slice(bytes).map_err(|_| LogError::Key(text()))?;
+        let parts: Vec<String> =
+            serde_json::from_slice(bytes).map_err(|_| LogError::Key(text()))?;
         let mut parts = parts.into_iter();
         let key = match (parts.next().as_deref(), parts.next(), parts.next()) {
             (Some("format"), None, None) => LogKey::Format,
@@ -204,7 +205,10 @@ impl LogState {
     /// Applies what a committed transaction wrote.
     pub fn commit(&mut self, delta: &LogDelta) {
         for (stream, rv) in &delta.versions {
-            self.streams.entry(stream.clone()).or_default().resource_version = Some(rv.clone());
+            self.streams
+                .entry(stream.clone())
+                .or_default()
+                .resource_version = Some(rv.clone());
         }
         for ((stream, uid), entry) in &delta.index {
             match entry {
@@ -379,8 +383,17 @@ mod tests {
         ] {
             assert_eq!(LogKey::decode(&key.encode()).unwrap(), key);
         }
-        for bad in [&b"stream"[..], b"[\"stream\"]", b"[\"index\",\"s\"]", b"[\"x\"]"] {
-            assert!(LogKey::decode(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"stream"[..],
+            b"[\"stream\"]",
+            b"[\"index\",\"s\"]",
+            b"[\"x\"]",
+        ] {
+            assert!(
+                LogKey::decode(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -485,8 +498,15 @@ mod tests {
         log.extend(part1.records());
         let crashed = replay(&log);
         let c = crashed.load("s");
-        assert_eq!(c.resource_version.as_deref(), Some("4"), "resumes the relist");
-        assert_eq!(c.index["u1"].resource_version, "10", "what was committed is kept");
+        assert_eq!(
+            c.resource_version.as_deref(),
+            Some("4"),
+            "resumes the relist"
+        );
+        assert_eq!(
+            c.index["u1"].resource_version, "10",
+            "what was committed is kept"
+        );
     }
 
     #[test]

@@ -468,8 +468,9 @@ impl Default for TransformConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct CheckpointConfig {
-    /// The state backend: `auto` (default), `embedded` or `kafka`. `auto` is `kafka` with
-    /// the Kafka sink and `embedded` with every other sink.
+    /// The state backend: `auto` (default), `embedded` or `kafka`. `auto` is `embedded`
+    /// for now, with every sink: the Kafka backend is chosen explicitly until the fault
+    /// suite runs against it (then `auto` becomes `kafka` with the Kafka sink).
     pub backend: StateBackend,
     /// The embedded store file, one for all streams; its directory is created. Default:
     /// `.kubewire/checkpoint.redb` (relative to the working directory). Only one kubewire
@@ -490,7 +491,7 @@ pub struct CheckpointConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StateBackend {
-    /// `kafka` with the Kafka sink, `embedded` otherwise.
+    /// `embedded` for now (see [`StateBackend::resolve`]).
     #[default]
     Auto,
     /// The redb file at `checkpoint.path`.
@@ -500,12 +501,15 @@ pub enum StateBackend {
 }
 
 impl StateBackend {
-    /// `auto` resolved for `sink`.
+    /// `auto` resolved for `sink`: `embedded` for now. The Kafka backend passes its own
+    /// tests (tests/kafka_state.rs, and the Kafka sink's suites with it), but the fault
+    /// suite's collector does not yet read transactional topics (their offsets have gaps
+    /// where commit markers and aborted records are), so it stays an explicit choice.
     pub fn resolve(self, sink: &SinkConfig) -> StateBackend {
-        match (self, sink) {
-            (StateBackend::Auto, SinkConfig::Kafka(_)) => StateBackend::Kafka,
-            (StateBackend::Auto, _) => StateBackend::Embedded,
-            (b, _) => b,
+        let _ = sink;
+        match self {
+            StateBackend::Auto => StateBackend::Embedded,
+            b => b,
         }
     }
 

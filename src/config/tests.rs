@@ -405,3 +405,44 @@ fn every_configuration_field_is_in_the_reference() {
         "not in docs/configuration.md: {missing:?}"
     );
 }
+
+#[test]
+fn the_kafka_state_backend_needs_the_kafka_sink_and_sane_transactions() {
+    let p = yaml(
+        "resources: [{resource: configmaps}]\ncheckpoint:\n  backend: kafka\n  kafka:\n    stateTopic: 'bad topic'\n    transactionIntervalMs: 100\n    transactionTimeoutMs: 300\n",
+    )
+    .unwrap()
+    .validate();
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert!(paths.contains(&"checkpoint.backend"), "{p:?}");
+    assert!(paths.contains(&"checkpoint.kafka.stateTopic"), "{p:?}");
+    assert!(
+        paths.contains(&"checkpoint.kafka.transactionTimeoutMs"),
+        "{p:?}"
+    );
+    let backend = p.iter().find(|p| p.path == "checkpoint.backend").unwrap();
+    assert!(
+        backend.message.contains("sink.type is stdout"),
+        "{backend:?}"
+    );
+}
+
+#[test]
+fn auto_is_embedded_for_now_and_the_transactional_id_follows_the_lease() {
+    let c = yaml(
+        "resources: [{resource: configmaps}]\nsink: {type: kafka, brokers: 'b:9092', topic: t}\ncheckpoint: {backend: kafka}\nleaderElection: {enabled: true, leaseName: kw, leaseNamespace: ops}\n",
+    )
+    .unwrap();
+    assert_eq!(c.checkpoint.backend.resolve(&c.sink), StateBackend::Kafka);
+    assert_eq!(
+        StateBackend::Auto.resolve(&c.sink),
+        StateBackend::Embedded,
+        "auto stays embedded until the fault suite reads transactional topics"
+    );
+    assert_eq!(c.transactional_id(), "kubewire-ops-kw");
+    let c = yaml(
+        "resources: [{resource: configmaps}]\nsink: {type: kafka, brokers: 'b:9092', topic: t}\ncheckpoint: {backend: kafka, kafka: {stateTopic: st}}\n",
+    )
+    .unwrap();
+    assert_eq!(c.transactional_id(), "kubewire-st");
+}

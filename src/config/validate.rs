@@ -333,9 +333,15 @@ impl Config {
             p.add("checkpoint.kafka.stateTopic", e);
         }
         if k.replication_factor.is_some_and(|r| r <= 0) {
-            p.add("checkpoint.kafka.replicationFactor", "must be greater than 0");
+            p.add(
+                "checkpoint.kafka.replicationFactor",
+                "must be greater than 0",
+            );
         }
-        if k.transactional_id.as_ref().is_some_and(|t| t.trim().is_empty()) {
+        if k.transactional_id
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
             p.add(
                 "checkpoint.kafka.transactionalId",
                 "must not be empty; omit it for the default",
@@ -347,7 +353,10 @@ impl Config {
             ("transactionTimeoutMs", k.transaction_timeout_ms == 0),
         ] {
             if zero {
-                p.add(format!("checkpoint.kafka.{field}"), "must be greater than 0");
+                p.add(
+                    format!("checkpoint.kafka.{field}"),
+                    "must be greater than 0",
+                );
             }
         }
         if k.transaction_timeout_ms <= k.transaction_interval_ms.saturating_mul(4) {

@@ -104,9 +104,9 @@ impl Builder {
         self
     }
 
-    /// One more field of the `checkpoint:` block, e.g. `"backend: embedded"` or
-    /// `"kafka: {stateTopic: shared}"`. With a Kafka sink and no `kafka:` field here, the
-    /// Kafka backend gets a state topic of this kubewire's own.
+    /// One more field of the `checkpoint:` block, e.g. `"backend: kafka"` or
+    /// `"kafka: {stateTopic: shared}"`. With `backend: kafka` and no `kafka:` field here,
+    /// the Kafka backend gets a state topic of this kubewire's own.
     pub fn checkpoint(mut self, field: &str) -> Self {
         self.checkpoint += &format!("  {field}\n");
         self
@@ -143,7 +143,7 @@ impl Builder {
         let sink = self.sink.as_deref().unwrap_or(&file_sink);
         let admin = free_loopback_address();
         let mut checkpoint = self.checkpoint;
-        if sink.contains("type: kafka") && !checkpoint.contains("kafka:") {
+        if checkpoint.contains("backend: kafka") && !checkpoint.contains("kafka:") {
             // Tests run side by side: each kubewire its own state topic (and so its own
             // transactional id), unless it shares one on purpose.
             checkpoint += &format!(

@@ -544,7 +544,10 @@ impl Inner {
                 // fail` this waits for ever, holding every stream (not only this one) behind
                 // the gate: order first; the log names the event.
                 let size = out.size();
-                out = self.records.oversize(out, size, size.saturating_sub(1)).await?;
+                out = self
+                    .records
+                    .oversize(out, size, size.saturating_sub(1))
+                    .await?;
             }
             if let Err((e, done)) = self.send_waiting(&out, Some(seq), done).await {
                 // The topic is usually still missing: said once per episode (the stall watch

@@ -165,9 +165,7 @@ impl Topics {
                         .get("max.message.bytes")
                         .and_then(|e| e.value.as_deref())
                         .and_then(|v| v.parse().ok()),
-                    cleanup_policy: resource
-                        .get("cleanup.policy")
-                        .and_then(|e| e.value.clone()),
+                    cleanup_policy: resource.get("cleanup.policy").and_then(|e| e.value.clone()),
                 })),
                 Some(Err(
                     RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,

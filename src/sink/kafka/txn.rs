@@ -219,14 +219,14 @@ impl TxnSink {
         let records = Records::new(cfg, &client_config, producer_max_bytes)?;
         // The producer first: it connects at once, and its error callback is where an
         // authentication failure shows (the admin client's errors are quiet).
-        let producer = ThreadedProducer::from_config_and_context(
-            &client_config,
-            TxnContext::default(),
-        )
-        .map_err(|e| SinkError::Config(format!("kafka transactional producer: {e}")))?;
+        let producer =
+            ThreadedProducer::from_config_and_context(&client_config, TxnContext::default())
+                .map_err(|e| SinkError::Config(format!("kafka transactional producer: {e}")))?;
         let producer = Arc::new(producer);
         let why = |e: SinkError| match (&e, producer.context().down.lock().unwrap().as_ref()) {
-            (SinkError::Connect(text), Some(down)) => SinkError::Connect(format!("{text} ({down})")),
+            (SinkError::Connect(text), Some(down)) => {
+                SinkError::Connect(format!("{text} ({down})"))
+            }
             _ => e,
         };
         records
@@ -833,7 +833,10 @@ impl Sink for TxnSink {
 
     fn counters(&self) -> SinkCounters {
         SinkCounters {
-            retries: self.inner.aborted.load(std::sync::atomic::Ordering::Relaxed),
+            retries: self
+                .inner
+                .aborted
+                .load(std::sync::atomic::Ordering::Relaxed),
             duplicates: 0,
         }
     }
@@ -912,7 +915,9 @@ mod tests {
     #[test]
     fn non_transaction_errors_abort_and_fencing_is_dead() {
         assert!(matches!(
-            classify(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)),
+            classify(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut
+            )),
             Failure::Abort(_)
         ));
         let fenced = classify(&KafkaError::MessageProduction(
@@ -931,7 +936,10 @@ mod tests {
             "kw",
         );
         let text = e.to_string();
-        assert!(text.contains("TransactionalId Write and Describe"), "{text}");
+        assert!(
+            text.contains("TransactionalId Write and Describe"),
+            "{text}"
+        );
         assert!(text.contains("checkpoint.backend: embedded"), "{text}");
         let e = init_error(
             &KafkaError::Global(RDKafkaErrorCode::ClusterAuthorizationFailed),
