@@ -142,34 +142,42 @@ async fn assert_exactly_once(s: &Scene, reader: &mut Reader, objects: usize) {
     assert_eq!(added.len(), objects, "every object was added once");
 }
 
+/// Two replicas (leader `a`, standby `b`) of one deployment, no shared disk; `n`
+/// ConfigMaps created and synced by the leader, read back `read_committed`.
+async fn leader_and_standby(
+    prefix: &str,
+    n: u32,
+) -> (Scene, Kubewire, Kubewire, Reader, tempfile::TempDir) {
+    let s = Scene::new(prefix).await;
+    let topic = common::unique_name("kw-ha-events");
+    let state = common::unique_name("kw-ha-state");
+    create_topic(&topic, 3, &[]).await;
+    let db = tempfile::tempdir().unwrap();
+    let a = replica(s.dir.path(), &s, &topic, &state, "replica-a");
+    a.wait_log(60, 1, "acquired leadership: starting streams", 1)
+        .await;
+    let b = replica(db.path(), &s, &topic, &state, "replica-b");
+    b.wait_log(60, 1, "waiting for leadership", 1).await;
+    create_configmaps(&s.configmaps(), n).await;
+    let mut reader = Reader::new(&topic).await;
+    reader
+        .wait(120, "the leader syncs every object", |r| {
+            let events: Vec<Value> = r.iter().filter_map(|r| r.value.clone()).collect();
+            replay(&events).len() == n as usize
+        })
+        .await;
+    (s, a, b, reader, db)
+}
+
 enum Handover {
     Kill9,
     Sigterm,
 }
 
 async fn handover(prefix: &str, how: Handover) {
-    let s = Scene::new(prefix).await;
-    let api = s.configmaps();
-    let topic = common::unique_name("kw-ha-events");
-    let state = common::unique_name("kw-ha-state");
-    create_topic(&topic, 3, &[]).await;
-    let db = tempfile::tempdir().unwrap();
-    let mut a = replica(s.dir.path(), &s, &topic, &state, "replica-a");
-    a.wait_log(60, 1, "acquired leadership: starting streams", 1)
-        .await;
-    let b = replica(db.path(), &s, &topic, &state, "replica-b");
-    b.wait_log(60, 1, "waiting for leadership", 1).await;
-
     const N: u32 = 300;
-    create_configmaps(&api, N).await;
-    let mut reader = Reader::new(&topic).await;
-    reader
-        .wait(120, "the leader syncs every object", |r| {
-            let events: Vec<Value> = r.iter().filter_map(|r| r.value.clone()).collect();
-            replay(&events).len() == N as usize
-        })
-        .await;
-
+    let (s, mut a, b, mut reader, _db) = leader_and_standby(prefix, N).await;
+    let api = s.configmaps();
     let churn = Churn::start(api.clone(), N);
     // Mid-churn: after some changes have been published.
     let before = reader.poll().len();
@@ -234,26 +242,9 @@ async fn a_graceful_handover_resends_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_is_fenced_and_nothing_it_produces_after_the_takeover_is_visible() {
-    let s = Scene::new("kw-state-fence").await;
-    let api = s.configmaps();
-    let topic = common::unique_name("kw-fence-events");
-    let state = common::unique_name("kw-fence-state");
-    create_topic(&topic, 3, &[]).await;
-    let db = tempfile::tempdir().unwrap();
-    let a = replica(s.dir.path(), &s, &topic, &state, "replica-a");
-    a.wait_log(60, 1, "acquired leadership: starting streams", 1)
-        .await;
-    let b = replica(db.path(), &s, &topic, &state, "replica-b");
-    b.wait_log(60, 1, "waiting for leadership", 1).await;
     const N: u32 = 50;
-    create_configmaps(&api, N).await;
-    let mut reader = Reader::new(&topic).await;
-    reader
-        .wait(120, "the leader syncs every object", |r| {
-            let events: Vec<Value> = r.iter().filter_map(|r| r.value.clone()).collect();
-            replay(&events).len() == N as usize
-        })
-        .await;
+    let (s, a, b, mut reader, _db) = leader_and_standby("kw-state-fence", N).await;
+    let api = s.configmaps();
     let churn = Churn::start(api.clone(), N);
 
     // Frozen past its lease: it can neither renew nor notice that it lost the Lease.

@@ -125,6 +125,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     Ok(())
 }
 
+/// The Kafka backend's transactions, as `checkpoint.kafka` and the sink configure them.
+pub(crate) fn txn_settings(
+    config: &Config,
+    kafka: &crate::config::KafkaSinkConfig,
+) -> txn::TxnSettings {
+    let k = &config.checkpoint.kafka;
+    txn::TxnSettings {
+        state_topic: k.state_topic.clone(),
+        replication_factor: k
+            .replication_factor
+            .unwrap_or(kafka.create_topics.replication_factor),
+        transactional_id: config.transactional_id(),
+        interval: Duration::from_millis(k.transaction_interval_ms),
+        max_events: k.transaction_max_events,
+        timeout: Duration::from_millis(k.transaction_timeout_ms),
+    }
+}
+
 /// Where the streams' checkpoints live.
 enum Backend {
     /// The redb store, and the redaction key beside it; the sink is built once.
@@ -193,28 +211,15 @@ impl Context {
     ) -> Result<Option<Arc<dyn Sink>>, SinkError> {
         let key = HealthKey::Sink(self.config.sink.type_name());
         let attempts = async {
-            let mut delay = Duration::from_millis(500);
             self.sink
                 .get_or_try_init(|| async {
-                    loop {
-                        match sink::build(&self.config.sink).await {
-                            Ok(s) => {
-                                let s: Arc<dyn Sink> = Arc::from(s);
-                                self.telemetry.health.remove(&key);
-                                tracing::info!(sink = s.name(), "sink reachable");
-                                observe_sink(&self.telemetry, &s, &self.admin_stop);
-                                return Ok(s);
-                            }
-                            Err(e) if e.is_unreachable() => {
-                                self.telemetry
-                                    .health
-                                    .update(&key, |h| h.error = Some(e.to_string()));
-                                tokio::time::sleep(delay).await;
-                                delay = (delay * 2).min(Duration::from_secs(10));
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
+                    let s: Arc<dyn Sink> = Arc::from(
+                        self.until_reachable(&key, || sink::build(&self.config.sink))
+                            .await?,
+                    );
+                    tracing::info!(sink = s.name(), "sink reachable");
+                    observe_sink(&self.telemetry, &s, &self.admin_stop);
+                    Ok(s)
                 })
                 .await
                 .cloned()
@@ -222,6 +227,37 @@ impl Context {
         tokio::select! {
             _ = stop.cancelled() => Ok(None),
             r = attempts => r.map(Some),
+        }
+    }
+
+    /// `attempt` until it succeeds or fails other than by an unreachable destination
+    /// (retried with backoff, the reason in `/readyz` under `key`, logged once).
+    async fn until_reachable<T, F, Fut>(&self, key: &HealthKey, attempt: F) -> Result<T, SinkError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SinkError>>,
+    {
+        let mut delay = Duration::from_millis(500);
+        let mut logged = false;
+        loop {
+            match attempt().await {
+                Ok(t) => {
+                    self.telemetry.health.remove(key);
+                    return Ok(t);
+                }
+                Err(e) if e.is_unreachable() => {
+                    if !logged {
+                        tracing::warn!(%key, error = %e, "waiting for the sink's destination");
+                        logged = true;
+                    }
+                    self.telemetry
+                        .health
+                        .update(key, |h| h.error = Some(e.to_string()));
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -239,38 +275,11 @@ impl Context {
                 "checkpoint.backend kafka needs sink.type: kafka".into(),
             ));
         };
-        let k = &self.config.checkpoint.kafka;
-        let settings = txn::TxnSettings {
-            state_topic: k.state_topic.clone(),
-            replication_factor: k
-                .replication_factor
-                .unwrap_or(kafka.create_topics.replication_factor),
-            transactional_id: self.config.transactional_id(),
-            interval: Duration::from_millis(k.transaction_interval_ms),
-            max_events: k.transaction_max_events,
-            timeout: Duration::from_millis(k.transaction_timeout_ms),
-        };
+        let settings = txn_settings(&self.config, kafka);
         let key = HealthKey::Sink("kafka");
-        let attempts = async {
-            let mut delay = Duration::from_millis(500);
-            loop {
-                match txn::TxnSink::start(kafka, settings.clone(), file_key.clone()).await {
-                    Ok(started) => {
-                        self.telemetry.health.remove(&key);
-                        return Ok(started);
-                    }
-                    Err(e) if e.is_unreachable() => {
-                        tracing::warn!(error = %e, "kafka state backend: waiting for the brokers");
-                        self.telemetry
-                            .health
-                            .update(&key, |h| h.error = Some(e.to_string()));
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(10));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        };
+        let attempts = self.until_reachable(&key, || {
+            txn::TxnSink::start(kafka, settings.clone(), file_key.clone())
+        });
         tokio::select! {
             _ = stop.cancelled() => Ok(None),
             r = attempts => r.map(Some),

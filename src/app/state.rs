@@ -13,7 +13,6 @@ use super::AppError;
 use crate::checkpoint::{StateStore, Store};
 use crate::cluster::{self, Catalog};
 use crate::config::{Config, SinkConfig, StateBackend};
-use crate::event::StreamId;
 use crate::sink::SinkError;
 use crate::sink::kafka::txn;
 
@@ -148,14 +147,7 @@ async fn configured_streams(
                 };
                 for info in infos {
                     for ns in rc.scopes(info.namespaced) {
-                        let id = StreamId {
-                            cluster: cluster.name.clone(),
-                            resource: info.clone(),
-                            namespace: ns,
-                            label_selector: rc.label_selector.clone(),
-                            field_selector: rc.field_selector.clone(),
-                        };
-                        keys.insert(id.key());
+                        keys.insert(rc.stream_id(&cluster.name, &info, ns).key());
                     }
                 }
             }
@@ -180,17 +172,7 @@ pub async fn remove(config: &Config, streams: &[String]) -> Result<Vec<String>, 
                 )
                 .into());
             };
-            let c = &config.checkpoint.kafka;
-            let settings = txn::TxnSettings {
-                state_topic: c.state_topic.clone(),
-                replication_factor: c
-                    .replication_factor
-                    .unwrap_or(k.create_topics.replication_factor),
-                transactional_id: config.transactional_id(),
-                interval: std::time::Duration::from_millis(c.transaction_interval_ms),
-                max_events: c.transaction_max_events,
-                timeout: std::time::Duration::from_millis(c.transaction_timeout_ms),
-            };
+            let settings = super::txn_settings(config, k);
             let started = txn::TxnSink::start(k, settings, None).await?;
             let sink: Arc<txn::TxnSink> = started.sink;
             Ok(sink.remove_streams(streams).await?)

@@ -178,13 +178,7 @@ impl Context {
         let cluster = on.cluster;
         let rc = &self.config.resources[index];
         for ns in rc.scopes(info.namespaced) {
-            let id = StreamId {
-                cluster: cluster.name.clone(),
-                resource: info.clone(),
-                namespace: ns,
-                label_selector: rc.label_selector.clone(),
-                field_selector: rc.field_selector.clone(),
-            };
+            let id = rc.stream_id(&cluster.name, info, ns);
             let ctx = self.clone();
             let (client, term) = (on.client.clone(), on.term.clone());
             let cluster_name = cluster.name.clone();

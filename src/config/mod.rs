@@ -388,6 +388,23 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
 ];
 
 impl ResourceConfig {
+    /// The stream this resource makes of `info` on `cluster` in one namespace scope (its
+    /// identity includes the selectors: another selector is another stream).
+    pub fn stream_id(
+        &self,
+        cluster: &str,
+        info: &crate::event::ResourceInfo,
+        namespace: Option<String>,
+    ) -> crate::event::StreamId {
+        crate::event::StreamId {
+            cluster: cluster.to_owned(),
+            resource: info.clone(),
+            namespace,
+            label_selector: self.label_selector.clone(),
+            field_selector: self.field_selector.clone(),
+        }
+    }
+
     /// Whether this entry is `resource: "*"`.
     pub fn is_all(&self) -> bool {
         self.resource == ALL_RESOURCES
