@@ -164,6 +164,24 @@ impl KafkaSink {
     }
 }
 
+/// A consumer's configuration with the connection settings of `cfg` (brokers, security,
+/// secrets, and the `properties` that are not producer-only): for reading the topics back
+/// (`kubewire verify`, `kubewire tail`). The caller adds the consumer's own settings.
+pub fn consumer_config(cfg: &KafkaSinkConfig) -> Result<rdkafka::ClientConfig, SinkError> {
+    let env = |name: &str| std::env::var(name).ok();
+    let (mut config, _) = client::producer_config(cfg, &env)?;
+    let producer_only: Vec<String> = config
+        .config_map()
+        .into_keys()
+        .filter(|k| is_producer_only(k) || *k == "client.id")
+        .map(str::to_owned)
+        .collect();
+    for k in &producer_only {
+        config.remove(k);
+    }
+    Ok(config)
+}
+
 fn is_producer_only(prop: &str) -> bool {
     matches!(
         prop,
