@@ -157,7 +157,7 @@ fn completions_for_bash_zsh_and_fish() {
         assert_eq!(code, Some(0), "{shell}: {err}");
         assert!(out.contains(marker), "{shell}: {out}");
         assert!(
-            out.contains("check-config") && out.contains("--kubeconfig"),
+            out.contains("check-config") && out.contains("kubeconfig"),
             "{shell}"
         );
     }

@@ -286,7 +286,11 @@ pub fn main() -> ExitCode {
             Command::Verify(args) => verify::verify(&global, args).await,
             Command::Tail(args) => tail::tail(&global, args).await,
             Command::Completions { shell } => {
-                completions(shell, &mut std::io::stdout());
+                let mut script = Vec::new();
+                completions(shell, &mut script);
+                use std::io::Write as _;
+                // A closed pipe (`| head`) is the reader's choice, not an error.
+                let _ = std::io::stdout().write_all(&script);
                 Ok(EXIT_OK)
             }
         }
