@@ -3,6 +3,7 @@
 //! talk to a cluster use the test API server of `dev/testenv`.
 
 mod common;
+mod harness;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -533,4 +534,69 @@ async fn run_logs_where_its_config_came_from_and_honours_rust_log_and_the_log_fl
         "{line}"
     );
     assert!(line.contains("INFO"), "{line}");
+}
+
+#[tokio::test]
+async fn the_stdout_sink_prints_pretty_lines_with_the_changed_paths() {
+    use kube::api::{Patch, PatchParams, PostParams};
+    use tokio::io::AsyncBufReadExt;
+    let s = harness::Scene::new("kw-pretty").await;
+    let config = write(
+        s.dir.path(),
+        "pretty.yaml",
+        &format!(
+            "resources:\n  - resource: configmaps\n    namespaces: [{ns}]\n\
+             sink: {{type: stdout, format: pretty}}\ncheckpoint: {{path: {cp}}}\n\
+             admin: {{enabled: false}}\n",
+            ns = s.ns,
+            cp = s.dir.path().join("cp.redb").display(),
+        ),
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubewire"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("KUBECONFIG", common::var("KUBECONFIG"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let api = s.configmaps();
+    api.create(&PostParams::default(), &harness::configmap("p", &[], "1"))
+        .await
+        .unwrap();
+    let mut next = async || {
+        common::within(60, "a pretty line", lines.next_line())
+            .await
+            .unwrap()
+            .expect("kubewire printed a line")
+    };
+    let added = next().await;
+    assert!(
+        added.contains(&format!(" added    ConfigMap {}/p rv=", s.ns)),
+        "{added}"
+    );
+    assert!(
+        added.ends_with(" initial") || added.ends_with(" watch"),
+        "{added}"
+    );
+    api.patch(
+        "p",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"tier": "web"}}})),
+    )
+    .await
+    .unwrap();
+    let modified = next().await;
+    assert!(
+        modified.contains(&format!(" modified ConfigMap {}/p rv=", s.ns)),
+        "{modified}"
+    );
+    assert!(
+        modified.ends_with(" watch changed: metadata.labels"),
+        "{modified}"
+    );
+    child.kill().await.unwrap();
 }

@@ -175,6 +175,9 @@ impl KafkaReader {
             .set("auto.offset.reset", "earliest")
             // A transactional writer's aborted records are not events.
             .set("isolation.level", "read_committed")
+            // librdkafka prefetches up to 64 MiB by default; a reader needs far less to keep
+            // up, and its memory is meant to be the verifier's one entry per object.
+            .set("queued.max.messages.kbytes", "8192")
             .set("client.id", "kubewire-reader");
         let consumer: rdkafka::consumer::StreamConsumer = config
             .create()
