@@ -14,6 +14,9 @@
 ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+# The commit `kubewire --version` names (the build context has no .git):
+#   docker build --build-arg KUBEWIRE_BUILD_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG KUBEWIRE_BUILD_COMMIT=
 WORKDIR /src
 # Static OpenSSL from Debian's libssl-dev (it ships the .a files). OPENSSL_STATIC only counts
 # when openssl-sys is given the directories: through pkg-config it links a system OpenSSL

@@ -23,17 +23,26 @@
 //!   state store (embedded redb).
 //! - [`telemetry`]: metrics, health, the admin server.
 //! - [`app`]: wires the stages, shutdown and drain.
+//!
+//! Around the data flow:
+//!
+//! - [`cli`]: the command line (before): commands, flags, exit codes, config discovery.
+//! - [`consume`]: the consumer side (after): reading a stream back, the pretty view.
+//! - [`verify`]: the comparison of a stream read back with the cluster (pure).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod app;
 pub mod checkpoint;
+pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod consume;
 pub mod envelope;
 pub mod event;
 pub mod publish;
 pub mod sink;
 pub mod telemetry;
 pub mod transform;
+pub mod verify;
 pub mod watch;

@@ -257,7 +257,7 @@ async fn run_to_exit(dir: &std::path::Path, config: &str) -> (bool, String) {
     cmd.args(["run", "--config"])
         .arg(&path)
         .env("KUBECONFIG", common::var("KUBECONFIG"))
-        .env_remove("KUBEWIRE_LOG")
+        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let out = common::within(

@@ -844,6 +844,56 @@ class Bench:
         print(r.stdout, file=sys.stderr)
         return {"figures": json.loads(out.read_text()), "output": "pipeline.txt"}
 
+    # -- verify: `kubewire verify` of a topic kubewire synced n objects to (issue 17)
+
+    def verify_once(self, n, rep):
+        """kubewire syncs namespace kwb-n<n> to a fresh topic and stops; then `kubewire
+        verify` reads the topic back and compares it with the cluster's n objects: its wall
+        time, CPU and peak RSS, and that it found the stream clean."""
+        ns = ns_for(n)
+        trial = f"verify-{n}-r{rep}"
+        topic = self.topic("kubewire", f"verify{n}")
+        cons = Consumer(self.run_dir / f"{trial}.events", topic=topic)
+        kw = self.tools[0]
+        proc = kw.start(trial, [ns], ("kafka", topic))
+        try:
+            last, got = self.wait_all(cons, proc, n, timeout=self.args.relist_timeout)
+            if last is None:
+                raise RuntimeError(f"{trial}: kubewire published {got}/{n} objects")
+        finally:
+            proc.stop()
+            cons.stop()
+        cfg = self.run_dir / trial / "kubewire.yaml"
+        out = self.run_dir / trial / "verify.json"
+        binary = os.environ.get("KWB_KUBEWIRE", str(ROOT / "target" / "release" / "kubewire"))
+        cmd = [binary, "verify", "--config", str(cfg), "-o", "json", "--settle", "0",
+               "--log-format", "text"]
+        t0 = time.time()
+        v = Sampled(cmd, out, period=0.05)
+        code = v.proc.wait()
+        seconds = time.time() - t0
+        cpu = v.samples[-1][2] if v.samples else None
+        v.stop()
+        text = out.read_text()  # the report (stdout), and any log lines (stderr)
+        report, _ = json.JSONDecoder().raw_decode(text[text.index('{\n  "source"'):])
+        row = {"n": n, "rep": rep, "exit": code, "seconds": round(seconds, 2),
+               "cpu_seconds": cpu, "peak_rss": v.hwm,
+               "records": report["counts"]["records"],
+               "cluster_objects": report["counts"]["clusterObjects"],
+               "discrepancies": sum(report["totals"].values())}
+        log(f"{trial}: exit {code}, {seconds:.2f}s, peak RSS {v.hwm / 2**20:.1f} MiB, "
+            f"{row['records']} records vs {row['cluster_objects']} objects, "
+            f"{row['discrepancies']} discrepancies")
+        return row
+
+    def scenario_verify(self):
+        rows = []
+        for n in self.args.sizes:
+            ensure_objects(ns_for(n), n, self.args.object_size)
+            for rep in range(self.args.reps):
+                rows.append(self.verify_once(n, rep))
+        return {"rows": rows}
+
     # -- all
 
     def run(self):
@@ -863,6 +913,9 @@ class Bench:
                 self.save()
             if "nats" in sc or "nats-relist" in sc:
                 self.results["scenarios"]["relist_nats"] = self.scenario_relist("nats")
+                self.save()
+            if "verify" in sc:
+                self.results["scenarios"]["verify"] = self.scenario_verify()
                 self.save()
             if "nats" in sc or "nats-churn" in sc:
                 self.results["scenarios"]["churn_nats"] = self.scenario_churn("nats")

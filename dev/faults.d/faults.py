@@ -430,6 +430,7 @@ class Run:
         self.figures["kubewire_runs"] = self.kw.runs
         errors = [r for r in self.kw.logs() if r.get("level") == "ERROR"]
         self.figures["error_logs"] = len(errors)
+        self.figures["kubewire_verify"] = self.kubewire_verify()
         args = [PY, os.path.join(CHECKER, "checker.py"), "verify",
                 "--file" if self.sink == "file" else "--capture", self.output,
                 "--namespaces", ",".join(self.namespaces), "--journal", self.journal,
@@ -446,6 +447,32 @@ class Run:
         if ok and not self.opts.keep:
             self.cleanup()
         return ok, verdict
+
+    def kubewire_verify(self):
+        """`kubewire verify` on the destination itself, with the scenario's configuration,
+        next to the independent checker: `pass` (exit 0), `fail:<totals>` (a problem of the
+        scenario), or `skipped` where the destination was deleted during the fault (the
+        topic or stream then no longer holds what was published before, while the checker
+        judges its capture of every incarnation)."""
+        if self.name in SKIP_KUBEWIRE_VERIFY:
+            return "skipped"
+        r = subprocess.run(
+            [self.opts.kubewire, "verify", "--config", os.path.join(self.dir, "config.yaml"),
+             "-o", "json", "--settle", "0"],
+            capture_output=True, text=True,
+            env={k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "KUBEWIRE_CONFIG")})
+        with open(os.path.join(self.dir, "kubewire-verify.json"), "w") as f:
+            f.write(r.stdout + r.stderr)
+        try:
+            totals = json.loads(r.stdout)["totals"]
+        except (ValueError, KeyError):
+            self.problems.append(f"kubewire verify failed (exit {r.returncode}): {r.stderr.strip()[:300]}")
+            return "error"
+        if r.returncode == 0:
+            return "pass"
+        self.problems.append(f"kubewire verify disagrees (exit {r.returncode}): {totals} "
+                             f"(see {self.dir}/kubewire-verify.json)")
+        return "fail:" + ",".join(f"{k}={v}" for k, v in sorted(totals.items()) if v)
 
     def cleanup(self):
         for ns in self.namespaces:
@@ -869,6 +896,10 @@ SCENARIOS = {
     "kafka-topic-deleted": ("kafka", fault_kafka_topic_deleted),
     "kafka-credentials-revoked": ("kafka", fault_kafka_credentials_revoked),
 }
+
+# Scenarios whose destination is deleted during the fault: `kubewire verify` reads the
+# destination, which then no longer holds what was published before the deletion.
+SKIP_KUBEWIRE_VERIFY = {"nats-stream-deleted", "kafka-topic-deleted"}
 
 # Set-up a scenario needs before kubewire starts.
 PREPARE = {"kafka-credentials-revoked": prepare_scram}

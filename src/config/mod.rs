@@ -17,6 +17,7 @@
 //! explicitly ([`Config::load_with_env`]) so tests never touch the process environment.
 
 mod resource_ref;
+mod secrets;
 mod validate;
 
 #[cfg(test)]
@@ -759,6 +760,12 @@ fn field_names() -> &'static std::collections::BTreeSet<String> {
             serde_json::to_value(SinkConfig::Kafka(Default::default())),
             serde_json::to_value(SinkConfig::Nats(Default::default())),
             serde_json::to_value(ResourceConfig::new("configmaps")),
+            // Fields left out when unset (`exclude`) and nested ones behind an option.
+            serde_json::to_value(ResourceConfig {
+                exclude: Some(Vec::new()),
+                kafka: Some(Default::default()),
+                ..ResourceConfig::new(ALL_RESOURCES)
+            }),
             serde_json::to_value(ClusterConfig::default()),
         ];
         let mut out = std::collections::BTreeSet::new();

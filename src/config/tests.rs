@@ -77,7 +77,7 @@ fn valid_yaml_loads_with_defaults_filled_in() {
 fn minimal_yaml_gets_every_default() {
     let c = yaml("resources:\n  - resource: configmaps\n").unwrap();
     assert_eq!(c.clusters, vec![ClusterConfig::default()]);
-    assert_eq!(c.sink, SinkConfig::Stdout);
+    assert_eq!(c.sink, SinkConfig::default());
     assert_eq!(c.checkpoint, CheckpointConfig::default());
     assert_eq!(c.watch, WatchConfig::default());
     assert_eq!(c.log, LogConfig::default());
@@ -144,7 +144,7 @@ fn shipped_config_is_valid() {
     }
     let c = Config::load_with_env(&path, NO_ENV).unwrap();
     assert!(c.validate().is_empty(), "{:?}", c.validate());
-    assert_eq!(c.sink, SinkConfig::Stdout);
+    assert_eq!(c.sink, SinkConfig::default());
 }
 
 #[test]
@@ -445,4 +445,49 @@ fn auto_is_embedded_for_now_and_the_transactional_id_follows_the_lease() {
     )
     .unwrap();
     assert_eq!(c.transactional_id(), "kubewire-st");
+}
+
+/// The other direction: every field the reference's tables document (the first column of
+/// each `| field | ...` table, dotted paths segment by segment) is a field of the
+/// configuration. A renamed or removed field fails here until the reference follows.
+#[test]
+fn every_field_in_the_reference_exists() {
+    let reference = include_str!("../../docs/configuration.md");
+    let fields = super::field_names();
+    let mut in_table = false;
+    let mut documented = Vec::new();
+    for line in reference.lines() {
+        if !line.starts_with('|') {
+            in_table = false;
+            continue;
+        }
+        let first = line.split('|').nth(1).unwrap_or("").trim();
+        if first == "field" {
+            in_table = true;
+            continue;
+        }
+        if !in_table || first.starts_with("---") {
+            continue;
+        }
+        // Each `name` in the first cell (`a`, `a.b`, `x` / `y`, `u`, `v`).
+        let mut rest = first;
+        while let Some(start) = rest.find('`') {
+            let after = &rest[start + 1..];
+            let Some(end) = after.find('`') else { break };
+            documented.push(after[..end].to_owned());
+            rest = &after[end + 1..];
+        }
+    }
+    assert!(
+        documented.len() > 80,
+        "the reference's tables were not read: {documented:?}"
+    );
+    let unknown: Vec<&String> = documented
+        .iter()
+        .filter(|name| !name.split('.').all(|segment| fields.contains(segment)))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "docs/configuration.md documents fields that do not exist: {unknown:?}"
+    );
 }

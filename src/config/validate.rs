@@ -263,7 +263,7 @@ impl Config {
 
     fn validate_sink(&self, p: &mut Problems) {
         match &self.sink {
-            SinkConfig::Stdout => {}
+            SinkConfig::Stdout { .. } => {}
             SinkConfig::File { path } => {
                 if path.as_os_str().is_empty() {
                     p.add("sink.path", "must not be empty");

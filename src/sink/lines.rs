@@ -3,11 +3,14 @@
 //! instead of one per event, and an event is acknowledged only after it was flushed.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Ack, Route, SendFuture, Sink, SinkError};
+use super::{Ack, Route, SendFuture, Sink, SinkError, StdoutFormat};
+use crate::consume::EventView;
+use crate::consume::pretty::Pretty;
 use crate::envelope::Encoded;
 
 const QUEUE: usize = 4096;
@@ -20,12 +23,19 @@ type Job = (Vec<u8>, oneshot::Sender<()>);
 pub struct LinesSink {
     name: &'static str,
     tx: mpsc::Sender<Job>,
+    /// `format: pretty`: the line for people instead of the document. Rendered in `send`,
+    /// which each stream calls in order, so each object's previous version is its last.
+    pretty: Option<Mutex<Pretty>>,
 }
 
 impl LinesSink {
     /// Writes to the process's standard output.
-    pub fn stdout() -> Self {
-        Self::spawn("stdout", tokio::io::stdout())
+    pub fn stdout(format: StdoutFormat) -> Self {
+        let mut sink = Self::spawn("stdout", tokio::io::stdout());
+        if format == StdoutFormat::Pretty {
+            sink.pretty = Some(Mutex::new(Pretty::default()));
+        }
+        sink
     }
 
     /// Appends to `path`, creating it (and its parent directory) if needed.
@@ -53,7 +63,11 @@ impl LinesSink {
     fn spawn<W: AsyncWrite + Unpin + Send + 'static>(name: &'static str, w: W) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_loop(name, BufWriter::with_capacity(1 << 16, w), rx));
-        Self { name, tx }
+        Self {
+            name,
+            tx,
+            pretty: None,
+        }
     }
 }
 
@@ -122,7 +136,14 @@ async fn write_batch<W: AsyncWrite + Unpin>(
 impl Sink for LinesSink {
     fn send<'a>(&'a self, msg: Encoded, _route: &'a Route) -> SendFuture<'a> {
         Box::pin(async move {
-            let mut line = msg.payload;
+            let mut line = match &self.pretty {
+                None => msg.payload,
+                Some(p) => {
+                    let view = EventView::parse(&msg.payload).unwrap_or_default();
+                    let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                    p.line(&view).into_bytes()
+                }
+            };
             line.push(b'\n');
             let (ack_tx, ack_rx) = oneshot::channel();
             self.tx

@@ -199,12 +199,17 @@ pub enum SinkHealth {
 /// New sinks are new variants (with their own settings struct when they have many fields);
 /// each sink's settings and their validation live in its own module (`kafka::config`,
 /// `nats::config`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SinkConfig {
-    /// One JSON event per line on standard output (the default).
-    #[default]
-    Stdout,
+    /// One event per line on standard output (the default).
+    Stdout {
+        /// `json` (default): the CloudEvents document; `pretty`: one line for people to
+        /// read (time, type, kind, namespace/name, resourceVersion, origin, and for
+        /// `modified` the paths that changed), as `kubewire tail` prints.
+        #[serde(default)]
+        format: StdoutFormat,
+    },
     /// Appends one JSON event per line to a file; an event is acknowledged once written and
     /// flushed.
     File {
@@ -217,11 +222,30 @@ pub enum SinkConfig {
     Nats(NatsSinkConfig),
 }
 
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig::Stdout {
+            format: StdoutFormat::Json,
+        }
+    }
+}
+
+/// What the stdout sink writes per event (`sink.format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StdoutFormat {
+    /// The CloudEvents JSON document (for programs).
+    #[default]
+    Json,
+    /// One line for people (`crate::consume::pretty`).
+    Pretty,
+}
+
 impl SinkConfig {
     /// The `type` name: `stdout`, `file`, ...
     pub fn type_name(&self) -> &'static str {
         match self {
-            SinkConfig::Stdout => "stdout",
+            SinkConfig::Stdout { .. } => "stdout",
             SinkConfig::File { .. } => "file",
             SinkConfig::Kafka(_) => "kafka",
             SinkConfig::Nats(_) => "nats",
@@ -235,7 +259,7 @@ pub use nats::config::NatsSinkConfig;
 /// Builds the configured sink.
 pub async fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match cfg {
-        SinkConfig::Stdout => Box::new(LinesSink::stdout()),
+        SinkConfig::Stdout { format } => Box::new(LinesSink::stdout(*format)),
         SinkConfig::File { path } => Box::new(LinesSink::file(path).await?),
         SinkConfig::Kafka(k) => kafka::build(k).await?,
         SinkConfig::Nats(n) => nats::build(n).await?,

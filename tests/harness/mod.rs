@@ -238,7 +238,7 @@ impl Kubewire {
             .args(["run", "--config"])
             .arg(self.dir.join("config.yaml"))
             .env("KUBECONFIG", &self.kubeconfig)
-            .env_remove("KUBEWIRE_LOG")
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

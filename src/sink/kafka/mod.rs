@@ -223,6 +223,17 @@ fn route(destination: Option<&str>) -> Result<Route, SinkError> {
     Ok(Route { topic })
 }
 
+/// A consumer's configuration with the connection settings of `cfg` (brokers, security,
+/// secrets, and the `properties` that are not producer-only): for reading the topics back
+/// (`kubewire verify`, `kubewire tail`). The caller adds the consumer's own settings.
+pub fn consumer_config(cfg: &KafkaSinkConfig) -> Result<rdkafka::ClientConfig, SinkError> {
+    let env = |name: &str| std::env::var(name).ok();
+    let (config, _) = client::producer_config(cfg, &env)?;
+    let mut config = without_producer_settings(&config);
+    config.remove("client.id");
+    Ok(config)
+}
+
 fn is_producer_only(prop: &str) -> bool {
     matches!(
         prop,

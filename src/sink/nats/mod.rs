@@ -114,6 +114,12 @@ async fn connect(
     }
 }
 
+/// The connection options of `cfg` (auth, TLS, reconnects) without the sink's health
+/// callbacks: for reading the stream back (`kubewire verify`, `kubewire tail`).
+pub async fn connect_options(cfg: &NatsSinkConfig) -> Result<ConnectOptions, SinkError> {
+    options(cfg).await
+}
+
 async fn options(cfg: &NatsSinkConfig) -> Result<ConnectOptions, SinkError> {
     let secret = |what: &str, s: &crate::sink::secret::SecretRef| {
         s.read()
