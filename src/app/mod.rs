@@ -125,6 +125,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     Ok(())
 }
 
+/// The Kafka sink's settings, which the Kafka backend writes its state with (validation
+/// refuses the backend with any other sink; this says so again for a caller that skipped it).
+pub(crate) fn kafka_sink(config: &Config) -> Result<&crate::config::KafkaSinkConfig, SinkError> {
+    match &config.sink {
+        SinkConfig::Kafka(k) => Ok(k),
+        _ => Err(SinkError::Config(
+            "checkpoint.backend kafka needs sink.type: kafka".into(),
+        )),
+    }
+}
+
 /// The Kafka backend's transactions, as `checkpoint.kafka` and the sink configure them.
 pub(crate) fn txn_settings(
     config: &Config,
@@ -270,11 +281,7 @@ impl Context {
         file_key: Option<Vec<u8>>,
         stop: &CancellationToken,
     ) -> Result<Option<txn::Started>, SinkError> {
-        let SinkConfig::Kafka(kafka) = &self.config.sink else {
-            return Err(SinkError::Config(
-                "checkpoint.backend kafka needs sink.type: kafka".into(),
-            ));
-        };
+        let kafka = kafka_sink(&self.config)?;
         let settings = txn_settings(&self.config, kafka);
         let key = HealthKey::Sink("kafka");
         let attempts = self.until_reachable(&key, || {

@@ -12,8 +12,7 @@ use serde::Serialize;
 use super::AppError;
 use crate::checkpoint::{StateStore, Store};
 use crate::cluster::{self, Catalog};
-use crate::config::{Config, SinkConfig, StateBackend};
-use crate::sink::SinkError;
+use crate::config::{Config, StateBackend};
 use crate::sink::kafka::txn;
 
 /// One stream of the state, as `state show` prints it.
@@ -93,12 +92,7 @@ type Summary = (
 async fn read(config: &Config) -> Result<Summary, AppError> {
     match config.checkpoint.backend.resolve(&config.sink) {
         StateBackend::Kafka => {
-            let SinkConfig::Kafka(k) = &config.sink else {
-                return Err(SinkError::Config(
-                    "checkpoint.backend kafka needs sink.type: kafka".into(),
-                )
-                .into());
-            };
+            let k = super::kafka_sink(config)?;
             let topic = config.checkpoint.kafka.state_topic.clone();
             let (state, newest) = txn::read_state_topic(k, &topic).await?;
             Ok((
@@ -166,12 +160,7 @@ async fn configured_streams(
 pub async fn remove(config: &Config, streams: &[String]) -> Result<Vec<String>, AppError> {
     match config.checkpoint.backend.resolve(&config.sink) {
         StateBackend::Kafka => {
-            let SinkConfig::Kafka(k) = &config.sink else {
-                return Err(SinkError::Config(
-                    "checkpoint.backend kafka needs sink.type: kafka".into(),
-                )
-                .into());
-            };
+            let k = super::kafka_sink(config)?;
             let settings = super::txn_settings(config, k);
             let started = txn::TxnSink::start(k, settings, None).await?;
             let sink: Arc<txn::TxnSink> = started.sink;

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::{IndexEntry, Progress, StreamCheckpoint};
+use super::{IndexEntry, Progress, StreamCheckpoint, StreamRecord};
 
 /// The state-log format this build reads and writes.
 pub const LOG_FORMAT_VERSION: u64 = 1;
@@ -103,12 +103,6 @@ struct FormatRecord {
 #[derive(Serialize, Deserialize)]
 struct KeyRecord {
     key: String,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StreamRecord {
-    resource_version: Option<String>,
 }
 
 /// One record: key and value bytes (`None`: a tombstone).

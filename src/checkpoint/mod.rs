@@ -97,6 +97,14 @@ pub enum CheckpointError {
     },
 }
 
+/// The stored form of a stream's resourceVersion, the same in both backends: the embedded
+/// store's `streams` row and the state log's `["stream", key]` value.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StreamRecord {
+    resource_version: Option<String>,
+}
+
 /// A stream's stored state. Empty (no version, no index) for a stream never committed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamCheckpoint {

@@ -16,9 +16,8 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use super::{CheckpointError, CommitBatch, SentEntry, StateStore, StreamCheckpoint};
+use super::{CheckpointError, CommitBatch, SentEntry, StateStore, StreamCheckpoint, StreamRecord};
 
 /// The store format this build reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
@@ -31,12 +30,6 @@ const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index");
 /// be downstream although the index does not know them yet; a relist must consider them.
 const SENT: TableDefinition<&str, &[u8]> = TableDefinition::new("sent");
 const FORMAT_KEY: &str = "format_version";
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StreamRecord {
-    resource_version: Option<String>,
-}
 
 /// The embedded checkpoint store: one file for every stream.
 pub struct Store {

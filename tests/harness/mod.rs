@@ -174,6 +174,19 @@ impl Builder {
     }
 }
 
+/// Waits (up to `secs`) for `child` to exit; returns its status.
+async fn exited(mut child: std::process::Child, secs: u64, what: &str) -> ExitStatus {
+    common::within(secs, what, async {
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
 /// `127.0.0.1:<port>` of a port free right now: bound, read, released.
 fn free_loopback_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -252,16 +265,8 @@ impl Kubewire {
 
     /// Waits (up to `secs`) for the process to exit on its own; returns its status.
     pub async fn wait_exit(&mut self, secs: u64) -> ExitStatus {
-        let mut child = self.child.take().expect("kubewire not running");
-        common::within(secs, "kubewire to exit", async {
-            loop {
-                if let Some(s) = child.try_wait().unwrap() {
-                    return s;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
+        let child = self.child.take().expect("kubewire not running");
+        exited(child, secs, "kubewire to exit").await
     }
 
     /// The whole log of run `run`, as text.
@@ -282,20 +287,12 @@ impl Kubewire {
 
     /// SIGTERM, then wait for the process to exit; returns its status.
     pub async fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("kubewire not running");
+        let child = self.child.take().expect("kubewire not running");
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
-        common::within(40, "kubewire to exit after SIGTERM", async {
-            loop {
-                if let Some(s) = child.try_wait().unwrap() {
-                    return s;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
+        exited(child, 40, "kubewire to exit after SIGTERM").await
     }
 
     /// SIGKILL: no drain, no final commit.

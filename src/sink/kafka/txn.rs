@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::KafkaSinkConfig;
 use super::{Out, QuietContext, Records, client, log_quietly, without_producer_settings};
 use crate::checkpoint::Progress;
-use crate::checkpoint::log::{LogDelta, LogState};
+use crate::checkpoint::log::{LogDelta, LogRecord, LogState};
 use crate::envelope::Encoded;
 use crate::sink::{Ack, Route, SendFuture, Sink, SinkCounters, SinkError, SinkHealth};
 
@@ -343,17 +343,10 @@ impl TxnSink {
             .begin_transaction()
             .map_err(|e| SinkError::Publish(format!("begin_transaction: {e}")))?;
         open.begun = true;
-        for (key, value) in &records {
-            let mut record: BaseRecord<'_, [u8], [u8], ()> =
-                BaseRecord::to(&inner.settings.state_topic).key(key.as_slice());
-            if let Some(v) = value {
-                record = record.payload(v.as_slice());
-            }
-            inner
-                .producer
-                .send(record)
-                .map_err(|(e, _)| SinkError::Publish(format!("state topic: {e}")))?;
-        }
+        inner
+            .produce_state(&records)
+            .await
+            .map_err(SinkError::Publish)?;
         inner
             .blocking(|p| p.commit_transaction(CALL_TIMEOUT))
             .await
@@ -463,14 +456,15 @@ impl TxnInner {
         }
     }
 
-    /// Produces the state records of the open transaction.
-    async fn produce_state(&self, open: &Open) -> Result<(), String> {
+    /// Produces `records` to the state topic, into the open transaction, waiting while
+    /// the producer queue is full.
+    async fn produce_state(&self, records: &[LogRecord]) -> Result<(), String> {
         let topic = self.settings.state_topic.as_str();
-        for (key, value) in open.delta.records() {
+        for (key, value) in records {
             loop {
                 let mut record: BaseRecord<'_, [u8], [u8], ()> =
                     BaseRecord::to(topic).key(key.as_slice());
-                if let Some(v) = &value {
+                if let Some(v) = value {
                     record = record.payload(v.as_slice());
                 }
                 match self.producer.send(record) {
@@ -525,7 +519,7 @@ impl TxnInner {
                     let produced = if state_sent {
                         Ok(())
                     } else {
-                        self.produce_state(open).await
+                        self.produce_state(&open.delta.records()).await
                     };
                     match produced {
                         Err(reason) => Err(Failure::Abort(reason)),
